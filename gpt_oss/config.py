@@ -1,0 +1,151 @@
+"""The typed model configuration: field names follow the gpt-oss release's config.json."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+LAYER_TYPES = ("sliding_attention", "full_attention")
+ATTN_IMPLS = ("eager", "sdpa", "flex")
+MOE_IMPLS = ("loop", "grouped")
+BALANCING = ("aux_loss", "bias", "none")
+
+
+class ConfigError(ValueError):
+    """A configuration value is out of its valid range; the message names the field."""
+
+
+@dataclass
+class ModelConfig:
+    """Shape and switches of a GPT-OSS model. Defaults are gpt-oss-20b."""
+
+    vocab_size: int = 201088
+    hidden_size: int = 2880
+    intermediate_size: int = 2880  # width of each expert
+    num_hidden_layers: int = 24
+    num_attention_heads: int = 64
+    num_key_value_heads: int = 8
+    head_dim: int = 64
+    num_experts: int = 32
+    experts_per_token: int = 4
+    sliding_window: int = 128  # a query sees itself and the 127 keys before it
+    # None = the release's pattern: even layers sliding, odd layers full.
+    layer_types: list[str] | None = None
+    max_position_embeddings: int = 131072
+    rope_theta: float = 150000.0
+    # YaRN: the release's names (rope_ntk_beta = beta_fast, rope_ntk_alpha = beta_slow).
+    rope_scaling_factor: float = 32.0
+    rope_ntk_alpha: float = 1.0
+    rope_ntk_beta: float = 32.0
+    initial_context_length: int = 4096
+    swiglu_limit: float = 7.0
+    swiglu_alpha: float = 1.702
+    rms_norm_eps: float = 1e-5
+    initializer_range: float = 0.02
+    # Variants from the seed, off in the release.
+    qk_norm: bool = False
+    tie_embeddings: bool = False
+    scale_embeddings: bool = False
+    # Training additions (not in the release). "aux_loss": Switch-style loss with
+    # router_aux_loss_coef; "bias": aux-loss-free balancing through a per-expert routing bias.
+    balancing: str = "aux_loss"
+    router_aux_loss_coef: float = 0.01
+    router_z_loss_coef: float = 0.001
+    expert_bias_rate: float = 0.001  # step size of the "bias" balancing update
+    # Implementations: each fast path is tested equal to the plain one ("eager", "loop").
+    attn_impl: str = "sdpa"
+    moe_impl: str = "grouped"
+    loss_chunk_tokens: int = 4096  # 0 = whole-batch logits (plain path)
+
+    def __post_init__(self) -> None:
+        if self.layer_types is None:
+            self.layer_types = release_layer_pattern(self.num_hidden_layers)
+        else:
+            self.layer_types = list(self.layer_types)
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ConfigError naming the first impossible field."""
+        for name in (
+            "vocab_size hidden_size intermediate_size num_hidden_layers num_attention_heads "
+            "num_key_value_heads head_dim num_experts experts_per_token sliding_window "
+            "max_position_embeddings initial_context_length"
+        ).split():
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"model.{name}={value!r} is invalid: must be a positive integer")
+        if self.experts_per_token > self.num_experts:
+            raise ConfigError(
+                f"model.experts_per_token={self.experts_per_token} is invalid: must be in "
+                f"[1, num_experts={self.num_experts}]"
+            )
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ConfigError(
+                f"model.num_attention_heads={self.num_attention_heads} is invalid: must be a "
+                f"multiple of num_key_value_heads={self.num_key_value_heads}"
+            )
+        if self.head_dim % 2:
+            raise ConfigError(f"model.head_dim={self.head_dim} is invalid: RoPE needs an even head_dim")
+        if len(self.layer_types) != self.num_hidden_layers:
+            raise ConfigError(
+                f"model.layer_types has {len(self.layer_types)} entries but "
+                f"num_hidden_layers={self.num_hidden_layers}: give one type per layer"
+            )
+        for index, kind in enumerate(self.layer_types):
+            if kind not in LAYER_TYPES:
+                raise ConfigError(
+                    f"model.layer_types[{index}]={kind!r} is invalid: valid types are {LAYER_TYPES}"
+                )
+        for name, valid in (
+            ("attn_impl", ATTN_IMPLS),
+            ("moe_impl", MOE_IMPLS),
+            ("balancing", BALANCING),
+        ):
+            if getattr(self, name) not in valid:
+                raise ConfigError(f"model.{name}={getattr(self, name)!r} is invalid: valid are {valid}")
+        for name in ("rope_theta", "rope_scaling_factor", "rms_norm_eps", "swiglu_limit"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"model.{name}={getattr(self, name)!r} is invalid: must be > 0")
+        if self.loss_chunk_tokens < 0:
+            raise ConfigError(f"model.loss_chunk_tokens={self.loss_chunk_tokens} is invalid: must be >= 0")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> ModelConfig:
+        """Build from a dict, rejecting unknown keys by name."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"unknown model config keys {unknown}; valid keys are {sorted(known)}")
+        return cls(**values)
+
+    @property
+    def yarn_attention_scale(self) -> float:
+        """YaRN's factor on cos and sin: 0.1 * ln(factor) + 1 (1 when not scaling)."""
+        factor = self.rope_scaling_factor
+        return 0.1 * math.log(factor) + 1.0 if factor > 1.0 else 1.0
+
+
+def release_layer_pattern(num_layers: int) -> list[str]:
+    """gpt-oss alternates: even layers sliding-window, odd layers full attention."""
+    return [LAYER_TYPES[i % 2] for i in range(num_layers)]
+
+
+def layer_pattern(name: str, num_layers: int) -> list[str]:
+    """Named layer-type patterns for sweeps: alternating, all_full, all_sliding, one_in_four."""
+    patterns = {
+        "alternating": release_layer_pattern(num_layers),
+        "all_full": ["full_attention"] * num_layers,
+        "all_sliding": ["sliding_attention"] * num_layers,
+        # one full layer for every three sliding ones, the full one last in each group of 4
+        "one_in_four": ["full_attention" if i % 4 == 3 else "sliding_attention" for i in range(num_layers)],
+    }
+    if name not in patterns:
+        raise ConfigError(f"layer pattern {name!r} is unknown: valid are {sorted(patterns)}")
+    return patterns[name]
+
+
+__all__ = ["ModelConfig", "ConfigError", "layer_pattern", "release_layer_pattern"]

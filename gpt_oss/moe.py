@@ -1,0 +1,137 @@
+"""Top-k routed SwiGLU experts: the router, the clamped SwiGLU, and two dispatch paths."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gpt_oss.config import ModelConfig
+
+
+def clamped_swiglu(gate_up: torch.Tensor, alpha: float, limit: float) -> torch.Tensor:
+    """gpt-oss SwiGLU: gate and linear are interleaved; both clamped; (linear + 1) * glu."""
+    gate, linear = gate_up[..., ::2], gate_up[..., 1::2]
+    gate = gate.clamp(max=limit)
+    linear = linear.clamp(min=-limit, max=limit)
+    return (linear + 1) * (gate * torch.sigmoid(alpha * gate))
+
+
+@dataclass
+class Routing:
+    """One MoE layer's routing decision for N tokens."""
+
+    logits: torch.Tensor  # (N, E) raw router logits
+    experts: torch.Tensor  # (N, k) chosen expert ids
+    weights: torch.Tensor  # (N, k) softmax over the chosen logits
+
+
+class Router(nn.Module):
+    """Linear(hidden -> experts) with bias; top-k of the raw logits; softmax over those k."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.top_k = config.experts_per_token
+        self.weight = nn.Parameter(torch.empty(config.num_experts, config.hidden_size))
+        self.bias = nn.Parameter(torch.zeros(config.num_experts))
+        # Aux-loss-free balancing: a bias that shifts only which experts are chosen.
+        self.register_buffer("selection_bias", torch.zeros(config.num_experts), persistent=True)
+
+    def forward(self, x: torch.Tensor) -> Routing:
+        logits = F.linear(x, self.weight, self.bias)  # (N, E)
+        if self.selection_bias.any():
+            experts = torch.topk(logits + self.selection_bias, self.top_k, dim=-1).indices
+            chosen = logits.gather(-1, experts)
+        else:
+            chosen, experts = torch.topk(logits, self.top_k, dim=-1)
+        weights = torch.softmax(chosen.float(), dim=-1).to(chosen.dtype)
+        return Routing(logits, experts, weights)
+
+
+class Experts(nn.Module):
+    """E SwiGLU experts stored as stacked tensors (the Hugging Face layout)."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        E, H, I = config.num_experts, config.hidden_size, config.intermediate_size
+        self.alpha, self.limit, self.impl = config.swiglu_alpha, config.swiglu_limit, config.moe_impl
+        self.gate_up_proj = nn.Parameter(torch.empty(E, H, 2 * I))  # gate/linear interleaved
+        self.gate_up_proj_bias = nn.Parameter(torch.zeros(E, 2 * I))
+        self.down_proj = nn.Parameter(torch.empty(E, I, H))
+        self.down_proj_bias = nn.Parameter(torch.zeros(E, H))
+
+    def forward(self, x: torch.Tensor, routing: Routing) -> torch.Tensor:
+        if self.impl == "loop":
+            return self._loop(x, routing)
+        return self._grouped(x, routing)
+
+    def _expert(self, x: torch.Tensor, e: int) -> torch.Tensor:
+        gate_up = x @ self.gate_up_proj[e] + self.gate_up_proj_bias[e]
+        return clamped_swiglu(gate_up, self.alpha, self.limit) @ self.down_proj[e] + self.down_proj_bias[e]
+
+    def _loop(self, x: torch.Tensor, routing: Routing) -> torch.Tensor:
+        """Plain path: one masked gather and matmul per expert that received tokens."""
+        out = torch.zeros_like(x)
+        for e in routing.experts.unique().tolist():
+            token, slot = torch.where(routing.experts == e)
+            y = self._expert(x[token], e) * routing.weights[token, slot, None]
+            out.index_add_(0, token, y.to(out.dtype))
+        return out
+
+    def _grouped(self, x: torch.Tensor, routing: Routing) -> torch.Tensor:
+        """Sort the N*k assignments by expert, run all experts in two grouped matmuls."""
+        top_k = routing.experts.shape[1]
+        flat = routing.experts.flatten()  # (N*k,)
+        order = torch.argsort(flat, stable=True)
+        expert_sorted = flat[order]
+        token = order // top_k  # which token each sorted row came from
+        counts = torch.bincount(flat, minlength=self.gate_up_proj.shape[0])
+        offsets = torch.cumsum(counts, 0).to(torch.int32)
+        dtype = _compute_dtype(x)
+        rows = x[token].to(dtype)  # (N*k, H)
+        gate_up = grouped_mm(rows, self.gate_up_proj.to(dtype), offsets, counts)
+        gate_up = gate_up + self.gate_up_proj_bias.to(dtype)[expert_sorted]
+        hidden = clamped_swiglu(gate_up, self.alpha, self.limit)
+        y = grouped_mm(hidden, self.down_proj.to(dtype), offsets, counts)
+        y = y + self.down_proj_bias.to(dtype)[expert_sorted]
+        y = y * routing.weights.flatten()[order, None].to(dtype)
+        return torch.zeros_like(x).index_add_(0, token, y.to(x.dtype))
+
+
+def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+    if torch.is_autocast_enabled(x.device.type):
+        return torch.get_autocast_dtype(x.device.type)
+    return x.dtype
+
+
+def grouped_mm(rows: torch.Tensor, weights: torch.Tensor, offsets: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """rows (M, K) sorted by group, weights (G, K, N) -> (M, N); torch._grouped_mm when it runs."""
+    if _grouped_mm_supported(rows):
+        return torch._grouped_mm(rows, weights, offs=offsets)
+    pieces = torch.split(rows, counts.tolist())
+    return torch.cat([piece @ weights[g] for g, piece in enumerate(pieces)])
+
+
+def _grouped_mm_supported(rows: torch.Tensor) -> bool:
+    if not hasattr(torch, "_grouped_mm"):
+        return False
+    if rows.is_cuda:  # Hopper and newer, bf16
+        return torch.cuda.get_device_capability(rows.device)[0] >= 9 and rows.dtype == torch.bfloat16
+    return rows.device.type == "cpu"
+
+
+class MoE(nn.Module):
+    """Router plus experts; returns the mixed output and the routing (for the training losses)."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.router = Router(config)
+        self.experts = Experts(config)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, Routing]:
+        batch, time, hidden = x.shape
+        flat = x.reshape(-1, hidden)  # (B*T, H)
+        routing = self.router(flat)
+        return self.experts(flat, routing).view(batch, time, hidden), routing
