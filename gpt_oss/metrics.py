@@ -1,0 +1,67 @@
+"""Throughput and quality arithmetic: FLOPs per token, MFU, bits per byte."""
+
+from __future__ import annotations
+
+import functools
+import math
+import time
+
+import torch
+
+from gpt_oss.config import ModelConfig
+
+# Dense bf16 tensor-core peaks (no sparsity), FLOP/s.
+GPU_PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "H800": 989e12, "A100": 312e12, "L40S": 362e12, "4090": 165e12}
+
+
+def flops_per_token(config: ModelConfig, seq_len: int) -> float:
+    """Training FLOPs per token: 6 * active matmul params + attention scores and values.
+
+    Active params count the chosen experts only and exclude the embedding lookup. Attention
+    follows the PaLM/nanoGPT convention (12 * heads * head_dim * keys per layer, no causal
+    halving), with keys = min(seq_len, window) on sliding layers.
+    """
+    c = config
+    attn_params = c.hidden_size * c.head_dim * (2 * c.num_attention_heads + 2 * c.num_key_value_heads)
+    expert_params = 3 * c.hidden_size * c.intermediate_size * c.experts_per_token
+    router_params = c.hidden_size * c.num_experts
+    per_layer = attn_params + expert_params + router_params
+    matmul_params = c.num_hidden_layers * per_layer + c.vocab_size * c.hidden_size  # + the head
+    keys = sum(min(seq_len, c.sliding_window) if t == "sliding_attention" else seq_len for t in c.layer_types)
+    attention = 12 * c.num_attention_heads * c.head_dim * keys
+    return 6 * matmul_params + attention
+
+
+def bits_per_byte(loss_nats_sum: float, num_bytes: float) -> float:
+    """Sum of token losses in nats over the UTF-8 bytes they cover, in bits: tokenizer-free."""
+    return loss_nats_sum / (num_bytes * math.log(2))
+
+
+def peak_flops(device: torch.device, dtype: torch.dtype) -> float:
+    """Peak matmul FLOP/s for MFU: the data-sheet figure on known GPUs, else measured here."""
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        for key, value in GPU_PEAK_BF16.items():
+            if key in name:
+                return value if dtype in (torch.bfloat16, torch.float16) else value / 2
+    return measured_matmul_flops(device.type, dtype)
+
+
+@functools.cache
+def measured_matmul_flops(device_type: str, dtype: torch.dtype, size: int = 2048) -> float:
+    """Best of a few large square matmuls: the practical peak this device reaches."""
+    a = torch.randn(size, size, device=device_type, dtype=dtype)
+    b = torch.randn(size, size, device=device_type, dtype=dtype)
+    best = math.inf
+    for _ in range(4):
+        _sync(device_type)
+        start = time.perf_counter()
+        a @ b
+        _sync(device_type)
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best
+
+
+def _sync(device_type: str) -> None:
+    if device_type == "cuda":
+        torch.cuda.synchronize()

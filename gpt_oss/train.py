@@ -1,0 +1,137 @@
+"""Entry point: `python -m gpt_oss.train [overrides]` (and `-m` for sweeps).
+
+Thin by design: compose (Hydra), validate everything, then hand the instantiated parts to the
+library's Trainer. Every error that a config can cause is raised before data preparation or
+training starts.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from gpt_oss import schema
+from gpt_oss.config import ConfigError, ModelConfig
+from gpt_oss.hf import CheckpointError
+
+log = logging.getLogger("gpt_oss.train")
+schema.register()
+
+
+def check_partial(factory: Any, group: str, first_arg: str) -> None:
+    """Fail now, not at step 0, when an optimizer/schedule config names an unknown argument."""
+    try:
+        inspect.signature(factory.func).bind(None, **factory.keywords)
+    except TypeError as error:
+        params = [p for p in inspect.signature(factory.func).parameters if p != first_arg]
+        raise ConfigError(f"{group} config does not fit {factory.func.__name__}: {error}; valid keys: {params}") from error
+
+
+def build(cfg: DictConfig) -> dict[str, Any]:
+    """Instantiate and validate every config group; no data is read and no model is built."""
+    model_config: ModelConfig = instantiate(cfg.model, _convert_="all")
+    trainer_config = instantiate(cfg.trainer, _convert_="all")
+    trainer_config.validate()
+    if trainer_config.seq_len > model_config.max_position_embeddings:
+        raise ConfigError(
+            f"trainer.seq_len={trainer_config.seq_len} is invalid: exceeds "
+            f"model.max_position_embeddings={model_config.max_position_embeddings}"
+        )
+    optimizer = instantiate(cfg.optimizer, _convert_="all")
+    check_partial(optimizer, "optimizer", "model")
+    schedule = instantiate(cfg.schedule, _convert_="all")
+    check_partial(schedule, "schedule", "optimizer")
+    return {
+        "model_config": model_config,
+        "trainer_config": trainer_config,
+        "data_config": instantiate(cfg.data, _convert_="all"),
+        "optimizer": optimizer,
+        "schedule": schedule,
+    }
+
+
+def job_identity(cfg: DictConfig) -> tuple[str | None, str | None]:
+    """(W&B group, run name): a sweep shares one group; a run is named by its overrides."""
+    if not HydraConfig.initialized():
+        return None, None
+    hc = HydraConfig.get()
+    overrides = hc.job.override_dirname or None
+    if hc.mode == RunMode.MULTIRUN:
+        return f"{cfg.name}-{Path(hc.sweep.dir).name}", overrides or f"job{hc.job.num}"
+    return None, overrides
+
+
+def provenance() -> dict[str, Any]:
+    """Versions and git commit, so a run directory says what produced it."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+            cwd=Path(__file__).parent,
+        ).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    return {"torch": torch.__version__, "python": sys.version.split()[0], "git_commit": commit}
+
+
+def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
+    """Validate, prepare data, build, train; returns the trainer's summary."""
+    from gpt_oss.data import prepare
+    from gpt_oss.info import parameter_counts
+    from gpt_oss.model import GptOss
+    from gpt_oss.trainer import Trainer, format_summary, seed_everything
+
+    run_dir = Path(run_dir)
+    parts = build(cfg)
+    group, name = job_identity(cfg)
+    logger = instantiate(cfg.logger, **_missing_identity(cfg.logger, group, name))
+    data = prepare(parts["data_config"])
+    seed_everything(parts["trainer_config"].seed)
+    model = GptOss(parts["model_config"])
+    run_config = OmegaConf.to_container(cfg, resolve=True)
+    run_config["data"] |= {"fallback": data.fallback, "description": data.description}
+    run_config["parameters"] = parameter_counts(parts["model_config"])
+    run_config["provenance"] = provenance()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(run_config)))
+    trainer = Trainer(model, parts["optimizer"], parts["schedule"], data, parts["trainer_config"],
+                      run_dir, logger, run_config)
+    summary = trainer.fit()
+    print(format_summary(summary), flush=True)
+    return summary
+
+
+def _missing_identity(logger_cfg: DictConfig, group: str | None, name: str | None) -> dict[str, str]:
+    fields = {"group": group, "name": name}
+    return {k: v for k, v in fields.items() if v is not None and k in logger_cfg and logger_cfg[k] is None}
+
+
+@hydra.main(version_base=None, config_path="../conf", config_name="config")
+def main(cfg: DictConfig) -> float:
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    try:
+        summary = run(cfg, run_dir)
+    except (ConfigError, CheckpointError, _data_error()) as error:
+        log.error("%s: %s", type(error).__name__, error)
+        raise SystemExit(2) from error
+    return summary["best_val_loss"]  # what a sweeper (e.g. Optuna) minimises
+
+
+def _data_error() -> type[Exception]:
+    from gpt_oss.data import DataError
+
+    return DataError
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,397 @@
+"""The training loop: steps, evaluation, checkpoints, resume, metrics, plots, summary."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from gpt_oss.checkpoint import read_checkpoint, save_checkpoint
+from gpt_oss.config import ConfigError
+from gpt_oss.hf import CheckpointError
+from gpt_oss.metrics import bits_per_byte, flops_per_token, peak_flops
+from gpt_oss.model import GptOss
+from gpt_oss.plots import plot_losses
+from gpt_oss.tracking import MetricsFile, NullLogger, read_metrics
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+NAN_POLICIES = ("error", "skip")
+
+
+@dataclass
+class TrainerConfig:
+    """How to train. batch_size is the global batch in sequences (all accumulation and ranks)."""
+
+    max_steps: int = 2000
+    batch_size: int = 16
+    grad_accum: int = 1
+    seq_len: int = 512
+    eval_every: int = 200
+    eval_batches: int = 20  # validation windows per evaluation, in micro-batches
+    checkpoint_every: int = 500
+    log_every: int = 10
+    resume: str | None = None  # a run dir, a checkpoint file, or "auto" (this run dir if it has one)
+    device: str = "auto"  # auto = cuda when present, else cpu
+    precision: str = "auto"  # auto = bf16 autocast on GPU, float32 on CPU
+    compile: bool = False  # torch.compile each block
+    seed: int = 1337
+    grad_clip: float = 1.0  # 0 disables clipping
+    nan_policy: str = "error"  # error: stop, keep the last good checkpoint; skip: drop the step
+    max_skipped_steps: int = 10
+    parallel: str = "none"
+    activation_checkpointing: bool = False
+    progress: bool = True
+
+    def validate(self, world_size: int = 1) -> None:
+        """Raise ConfigError naming the first impossible field."""
+        for name in ("max_steps", "batch_size", "grad_accum", "seq_len", "eval_every", "eval_batches",
+                     "checkpoint_every", "log_every"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ConfigError(f"trainer.{name}={value!r} is invalid: must be a positive integer")
+        if self.batch_size % (self.grad_accum * world_size):
+            raise ConfigError(
+                f"trainer.batch_size={self.batch_size} is invalid: must be a multiple of "
+                f"grad_accum ({self.grad_accum}) x processes ({world_size})"
+            )
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"trainer.precision={self.precision!r} is invalid: valid are {PRECISIONS}")
+        if self.nan_policy not in NAN_POLICIES:
+            raise ConfigError(f"trainer.nan_policy={self.nan_policy!r} is invalid: valid are {NAN_POLICIES}")
+        if self.device != "auto":
+            try:
+                torch.device(self.device)
+            except RuntimeError as error:
+                raise ConfigError(f"trainer.device={self.device!r} is invalid: {error}") from error
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"trainer.device={name!r} is invalid: CUDA is not available here (use cpu or auto)")
+    return device
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """None = plain float32; otherwise the autocast dtype."""
+    if precision == "auto":
+        precision = "bf16" if device.type == "cuda" else "fp32"
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[precision]
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@dataclass
+class StepStats:
+    loss: float
+    ce: float
+    aux_loss: float
+    z_loss: float
+    grad_norm: float
+    expert_counts: torch.Tensor  # (layers, experts)
+    skipped: bool = False
+
+
+class Trainer:
+    """Owns one run: the model, optimizer, schedule, loaders and run directory."""
+
+    def __init__(
+        self,
+        model: GptOss,
+        optimizer_factory: Callable,
+        schedule_factory: Callable,
+        data: Any,
+        config: TrainerConfig,
+        run_dir: str | Path,
+        logger: Any = None,
+        run_config: dict | None = None,
+    ):
+        from gpt_oss.data import TrainLoader, ValLoader  # data pulls in datasets: import when needed
+
+        config.validate()
+        self.config, self.data = config, data
+        self.run_dir = Path(run_dir)
+        self.device = resolve_device(config.device)
+        self.dtype = autocast_dtype(config.precision, self.device)
+        self.model = model.to(self.device)
+        if config.compile:
+            for block in self.model.layers:
+                block.compile()
+        self.optimizer = optimizer_factory(self.model)
+        self.schedule = schedule_factory(self.optimizer)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
+        micro = config.batch_size // config.grad_accum
+        self.train_loader = TrainLoader(data.train.tokens, micro, config.seq_len, config.seed, device=self.device)
+        self.val_loader = ValLoader(data.val.tokens, micro, config.seq_len, max_batches=config.eval_batches,
+                                    device=self.device)
+        self.logger = logger or NullLogger()
+        self.run_config = run_config or {}
+        self.metrics = MetricsFile(self.run_dir / "metrics.jsonl")
+        self.step, self.best_val, self.skipped, self.tokens_seen = 0, math.inf, 0, 0
+        self.flops_per_token = flops_per_token(model.config, config.seq_len)
+        self.peak = None
+
+    # ----------------------------------------------------------------- the loop
+    def fit(self) -> dict[str, Any]:
+        """Train to max_steps (resuming first if asked); returns the summary."""
+        seed_everything(self.config.seed)
+        run_id = self._maybe_resume()
+        self.logger.start(self.run_dir, self.run_config, run_id=run_id)
+        started, last_log = time.perf_counter(), (time.perf_counter(), self.step)
+        bar = tqdm(total=self.config.max_steps, initial=self.step, desc="train", unit="step",
+                   disable=not self.config.progress, mininterval=1.0, dynamic_ncols=True)
+        while self.step < self.config.max_steps:
+            stats = self.train_step()
+            self.step += 1
+            self.tokens_seen += self.config.batch_size * self.config.seq_len
+            bar.update(1)
+            if self.step % self.config.log_every == 0 or self.step == 1:
+                last_log = self._log_train(stats, last_log, bar)
+            self._maybe_evaluate_and_save()
+        bar.close()
+        summary = self._summary(time.perf_counter() - started)
+        self.logger.summary(summary)
+        self.logger.finish()
+        return summary
+
+    def _maybe_evaluate_and_save(self) -> None:
+        cfg, final = self.config, self.step == self.config.max_steps
+        if self.step % cfg.eval_every == 0 or final:
+            val = self.evaluate()
+            if val["loss"] < self.best_val:
+                self.best_val = val["loss"]
+                self.save("best")
+        if self.step % cfg.checkpoint_every == 0 or final:
+            self.save("last")
+
+    def _autocast(self):
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+    def train_step(self) -> StepStats:
+        """One optimizer step over grad_accum micro-batches."""
+        self.model.train()
+        accum = self.config.grad_accum
+        totals = torch.zeros(4, device=self.device)  # loss, ce, aux, z
+        counts = None
+        for _ in range(accum):
+            inputs, targets = self.train_loader.next_batch()
+            with self._autocast():
+                out = self.model.loss(inputs, targets)
+            self.scaler.scale(out.loss / accum).backward()
+            totals += torch.stack([out.loss.detach(), out.ce, out.aux_loss, out.z_loss]).float() / accum
+            counts = out.expert_counts if counts is None else counts + out.expert_counts
+        loss, ce, aux, z = totals.tolist()
+        if not math.isfinite(loss):
+            return self._non_finite(loss, counts, ce, aux, z)
+        self.scaler.unscale_(self.optimizer)
+        clip = self.config.grad_clip if self.config.grad_clip > 0 else math.inf
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip))
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.schedule.step()
+        self.model.update_selection_bias(counts)
+        return StepStats(loss, ce, aux, z, grad_norm, counts)
+
+    def _non_finite(self, loss: float, counts, ce, aux, z) -> StepStats:
+        step = self.step + 1
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.config.nan_policy == "skip" and self.skipped < self.config.max_skipped_steps:
+            self.skipped += 1
+            log.warning("loss is %s at step %d: step skipped (%d so far)", loss, step, self.skipped)
+            self.schedule.step()
+            return StepStats(loss, ce, aux, z, math.nan, counts, skipped=True)
+        last = self.run_dir / "checkpoints" / "last.pt"
+        kept = f"the last good checkpoint is kept at {last}" if last.exists() else "no checkpoint was written"
+        raise TrainingDiverged(f"loss is {loss} at step {step}; training stopped, {kept}")
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Validation loss, perplexity and bits per byte over the fixed validation windows."""
+        self.model.eval()
+        loss_sum, tokens = 0.0, 0
+        for inputs, targets in self.val_loader:
+            with self._autocast():
+                out = self.model.loss(inputs, targets)
+            loss_sum += out.ce.item() * targets.numel()
+            tokens += targets.numel()
+        loss = loss_sum / tokens
+        num_bytes = tokens * self.data.val.num_bytes / len(self.data.val)  # bytes per token of this split
+        result = {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "bpb": bits_per_byte(loss_sum, num_bytes)}
+        record = {"step": self.step, "split": "val", **result, "tokens": self.tokens_seen}
+        self.metrics.write(record)
+        self.logger.log({f"val/{k}": v for k, v in result.items()}, step=self.step)
+        plot = plot_losses(self.metrics.read(), self.run_dir / "loss.png", title=self.run_dir.name)
+        self.logger.log_image("loss_curve", plot, step=self.step)
+        return result
+
+    def _log_train(self, stats: StepStats, last_log: tuple[float, int], bar) -> tuple[float, int]:
+        now = time.perf_counter()
+        steps = self.step - last_log[1]
+        tokens_per_s = steps * self.config.batch_size * self.config.seq_len / max(now - last_log[0], 1e-9)
+        if self.peak is None:
+            self.peak = peak_flops(self.device, self.dtype or torch.float32)
+        record = {
+            "step": self.step, "split": "train", "loss": stats.ce, "total_loss": stats.loss,
+            "aux_loss": stats.aux_loss, "z_loss": stats.z_loss, "grad_norm": stats.grad_norm,
+            "lr": self.schedule.get_last_lr()[0], "tokens": self.tokens_seen,
+            "tokens_per_s": tokens_per_s, "mfu": tokens_per_s * self.flops_per_token / self.peak,
+            "skipped_steps": self.skipped, "expert_load": expert_load(stats.expert_counts),
+        }
+        self.metrics.write(record)
+        flat = {f"train/{k}": v for k, v in record.items() if k not in ("step", "split", "expert_load")}
+        for layer, load in enumerate(record["expert_load"]):
+            flat |= {f"expert_load/layer{layer}/expert{e}": share for e, share in enumerate(load)}
+        self.logger.log(flat, step=self.step)
+        bar.set_postfix(loss=f"{stats.ce:.3f}", tok_s=f"{tokens_per_s:,.0f}", refresh=False)
+        return now, self.step
+
+    # ----------------------------------------------------------- checkpoints
+    def save(self, name: str) -> Path:
+        """Atomically write checkpoints/<name>.pt with everything needed to continue exactly."""
+        return save_checkpoint(
+            self.run_dir / "checkpoints" / f"{name}.pt", self.model,
+            optimizer=self.optimizer.state_dict(), schedule=self.schedule.state_dict(),
+            scaler=self.scaler.state_dict(), step=self.step, best_val=self.best_val,
+            skipped=self.skipped, tokens_seen=self.tokens_seen, rng=rng_state(),
+            data=self.train_loader.state_dict(), wandb_run_id=self.logger.run_id, run_config=self.run_config,
+        )
+
+    def _maybe_resume(self) -> str | None:
+        source = self.config.resume
+        if not source:
+            return None
+        path = resume_checkpoint(source, self.run_dir)
+        if path is None:
+            log.info("trainer.resume=auto: no checkpoint in %s yet, starting fresh", self.run_dir)
+            return None
+        self.restore(path)
+        return self._run_id
+
+    def restore(self, path: Path) -> None:
+        """Load model, optimizer, schedule, scaler, RNG and data position from a checkpoint."""
+        payload = read_checkpoint(path, map_location=self.device)
+        if payload["model_config"] != self.model.config.to_dict():
+            diff = {k: (v, payload["model_config"].get(k)) for k, v in self.model.config.to_dict().items()
+                    if payload["model_config"].get(k) != v}
+            raise CheckpointError(f"{path} was trained with another model config: (now, checkpoint) = {diff}")
+        self.model.load_state_dict(payload["model"])
+        self.optimizer.load_state_dict(payload["optimizer"])
+        self.schedule.load_state_dict(payload["schedule"])
+        self.scaler.load_state_dict(payload["scaler"])
+        self.train_loader.load_state_dict(payload["data"])
+        set_rng_state(payload["rng"])
+        self.step, self.best_val = payload["step"], payload["best_val"]
+        self.skipped, self.tokens_seen = payload["skipped"], payload["tokens_seen"]
+        self._run_id = payload.get("wandb_run_id")
+        self._carry_metrics(path)
+        log.info("resumed from %s at step %d", path, self.step)
+
+    def _carry_metrics(self, checkpoint: Path) -> None:
+        """The metrics history up to the checkpoint's step, wherever this run writes."""
+        source = checkpoint.parent.parent / "metrics.jsonl"
+        if source.resolve() == self.metrics.path.resolve():
+            self.metrics.truncate_after(self.step)
+            return
+        for record in read_metrics(source):
+            if record.get("step", 0) <= self.step:
+                self.metrics.write(record)
+
+    def _summary(self, seconds: float) -> dict[str, Any]:
+        records = self.metrics.read()
+        val = [r for r in records if r.get("split") == "val"]
+        train = [r for r in records if r.get("split") == "train"]
+        return {
+            "steps": self.step,
+            "tokens_seen": self.tokens_seen,
+            "seconds": seconds,
+            "best_val_loss": min((r["loss"] for r in val), default=math.nan),
+            "final_val_loss": val[-1]["loss"] if val else math.nan,
+            "final_val_bpb": val[-1]["bpb"] if val else math.nan,
+            "final_train_loss": train[-1]["loss"] if train else math.nan,
+            "tokens_per_s": train[-1]["tokens_per_s"] if train else math.nan,
+            "skipped_steps": self.skipped,
+            "run_dir": str(self.run_dir),
+            "checkpoints": str(self.run_dir / "checkpoints"),
+            "plot": str(self.run_dir / "loss.png"),
+        }
+
+
+def expert_load(counts: torch.Tensor) -> list[list[float]]:
+    """Per layer, each expert's share of the token assignments (1/E each when balanced)."""
+    counts = counts.float()
+    return (counts / counts.sum(dim=1, keepdim=True).clamp(min=1)).tolist()
+
+
+def resume_checkpoint(source: str, run_dir: Path) -> Path | None:
+    """The checkpoint to resume from: a file, a run dir's last.pt, or 'auto' for this run dir."""
+    if source == "auto":
+        candidate = run_dir / "checkpoints" / "last.pt"
+        return candidate if candidate.exists() else None
+    path = Path(source)
+    if path.is_file():
+        return path
+    for candidate in (path / "checkpoints" / "last.pt", path / "last.pt"):
+        if candidate.is_file():
+            return candidate
+    raise CheckpointError(
+        f"trainer.resume={source!r}: no checkpoint there; give a run directory with "
+        "checkpoints/last.pt, a .pt file, or 'auto'"
+    )
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """The end-of-run report a person reads."""
+    minutes = summary["seconds"] / 60
+    return "\n".join([
+        "",
+        "=" * 64,
+        f"  finished {summary['steps']} steps, {summary['tokens_seen']:,} tokens in {minutes:.1f} min"
+        f" ({summary['tokens_per_s']:,.0f} tokens/s at the end)",
+        f"  best val loss {summary['best_val_loss']:.4f}, final val loss {summary['final_val_loss']:.4f}"
+        f" ({summary['final_val_bpb']:.4f} bits/byte); final train loss {summary['final_train_loss']:.4f}",
+        f"  skipped steps: {summary['skipped_steps']}",
+        f"  run dir:     {summary['run_dir']}",
+        f"  checkpoints: {summary['checkpoints']}/{{last,best}}.pt",
+        f"  loss plot:   {summary['plot']}",
+        "=" * 64,
+    ])

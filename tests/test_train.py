@@ -1,0 +1,159 @@
+"""The main job end to end on the CPU: Hydra composition, training, run directory, resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException
+from omegaconf.errors import ConfigKeyError, ValidationError
+
+from gpt_oss.config import ConfigError
+from gpt_oss.train import build, run
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+SAMPLE = ROOT.parent / "shared" / "data" / "tinystories_sample.jsonl"
+
+
+def compose_run(*overrides: str):
+    with initialize_config_dir(config_dir=str(CONF), version_base=None):
+        return compose("config", overrides=list(overrides))
+
+
+def tiny_overrides(tmp_path: Path, *extra: str) -> list[str]:
+    return [
+        "model=tiny", "data=synthetic", "logger=none", "trainer=cpu",
+        "data.synthetic_train_stories=2000", "data.synthetic_val_stories=100",
+        f"data.cache_dir={tmp_path / 'cache'}", "trainer.max_steps=8", "trainer.batch_size=4",
+        "trainer.seq_len=64", "trainer.eval_every=4", "trainer.eval_batches=2",
+        "trainer.checkpoint_every=4", "trainer.log_every=2", "trainer.progress=false",
+        "optimizer.lr=3e-3", *extra,
+    ]
+
+
+def read_records(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_every_config_in_conf_composes():
+    groups = {g.name: sorted(p.stem for p in g.glob("*.yaml")) for g in CONF.iterdir() if g.is_dir() and g.name != "hydra"}
+    assert {"model", "data", "optimizer", "schedule", "trainer", "logger"} <= set(groups)
+    for group, options in groups.items():
+        for option in options:
+            cfg = compose_run(f"{group}={option}")
+            assert cfg[group] is not None, (group, option)
+            parts = build(cfg)  # instantiates and validates every group
+            assert parts["model_config"].num_hidden_layers >= 1
+
+
+@pytest.mark.parametrize(
+    "override, error",
+    [
+        ("model.hiden_size=8", ConfigCompositionException),  # misspelled key
+        ("trainer.max_steps=abc", ConfigCompositionException),  # wrong type
+        ("+trainer.epochs=3", ConfigCompositionException),  # key the schema does not know
+    ],
+)
+def test_bad_keys_and_types_fail_at_compose_time(override, error):
+    with pytest.raises(error):
+        compose_run(override)
+
+
+@pytest.mark.parametrize(
+    "override, field",
+    [
+        ("model.experts_per_token=16", "experts_per_token"),
+        ("model.num_key_value_heads=3", "num_attention_heads"),
+        ("model.sliding_window=0", "sliding_window"),
+        ("trainer.batch_size=6", "batch_size"),  # not a multiple of grad_accum
+        ("optimizer.learning_rate=1e-3", "optimizer"),
+        ("trainer.seq_len=999999", "seq_len"),
+    ],
+)
+def test_impossible_settings_fail_before_training_and_write_nothing(tmp_path, override, field):
+    overrides = tiny_overrides(tmp_path, "trainer.grad_accum=4" if "batch_size" in override else "trainer.grad_accum=1", override)
+    cfg = compose_run(*overrides)
+    with pytest.raises(ConfigError, match=field):
+        run(cfg, tmp_path / "run")
+    assert not (tmp_path / "run" / "checkpoints").exists()
+    assert not (tmp_path / "cache").exists()  # failed before any data preparation
+
+
+def test_tiny_run_trains_and_fills_the_run_directory(tmp_path):
+    cfg = compose_run(*tiny_overrides(tmp_path, "trainer.max_steps=60", "trainer.eval_every=20", "trainer.checkpoint_every=30"))
+    run_dir = tmp_path / "run"
+    summary = run(cfg, run_dir)
+    val = [r for r in read_records(run_dir) if r["split"] == "val"]
+    assert [r["step"] for r in val] == [20, 40, 60]
+    assert summary["best_val_loss"] < val[0]["loss"] - 1.0 < 12.0  # ln(201088) = 12.2 at the start
+    for name in ("config.yaml", "metrics.jsonl", "loss.png", "checkpoints/last.pt", "checkpoints/best.pt"):
+        assert (run_dir / name).stat().st_size > 0, name
+    train = [r for r in read_records(run_dir) if r["split"] == "train"]
+    assert {"step", "split", "loss", "tokens_per_s", "mfu", "aux_loss", "z_loss", "expert_load"} <= set(train[-1])
+    assert len(train[-1]["expert_load"]) == 2 and abs(sum(train[-1]["expert_load"][0]) - 1) < 1e-6
+    assert "bpb" in val[-1] and val[-1]["perplexity"] > 1
+
+
+def _train_cli(tmp_path: Path, run_dir: Path, *extra: str) -> subprocess.Popen:
+    args = [sys.executable, "-m", "gpt_oss.train", *tiny_overrides(tmp_path, *extra), f"hydra.run.dir={run_dir}"]
+    return subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
+    steps = ["trainer.max_steps=12", "trainer.checkpoint_every=4", "trainer.eval_every=4", "trainer.log_every=1"]
+    straight = tmp_path / "straight"
+    out, _ = _train_cli(tmp_path, straight, *steps).communicate(timeout=300)
+    assert (straight / "checkpoints" / "last.pt").exists(), out
+
+    killed = tmp_path / "killed"
+    proc = _train_cli(tmp_path, killed, *steps)
+    deadline = time.time() + 240
+    while time.time() < deadline and not _has_step(killed, 6):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert _has_step(killed, 6), "the run did not get past its first checkpoint before the kill"
+    resumed = _train_cli(tmp_path, killed, *steps, "trainer.resume=auto")
+    out, _ = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, out
+    losses = lambda d: [(r["step"], r["split"], r["loss"]) for r in read_records(d)]  # noqa: E731
+    assert losses(killed) == losses(straight)
+
+
+def _has_step(run_dir: Path, step: int) -> bool:
+    path = run_dir / "metrics.jsonl"
+    return path.exists() and f'"step": {step},' in path.read_text()
+
+
+def test_nan_loss_stops_with_the_step_and_keeps_the_last_checkpoint(tmp_path):
+    from gpt_oss.trainer import TrainingDiverged
+
+    cfg = compose_run(*tiny_overrides(tmp_path, "trainer.max_steps=6", "optimizer.lr=1e30", "trainer.grad_clip=0"))
+    with pytest.raises(TrainingDiverged, match=r"at step \d+"):
+        run(cfg, tmp_path / "run")
+
+
+def test_wandb_offline_run_holds_metrics_and_config(tmp_path, monkeypatch):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    cfg = compose_run(*tiny_overrides(tmp_path, "logger=wandb", "logger.mode=offline", "trainer.max_steps=4"))
+    run_dir = tmp_path / "run"
+    run(cfg, run_dir)
+    offline = list((run_dir / "wandb").glob("offline-run-*"))
+    assert len(offline) == 1
+    files = list(offline[0].glob("*.wandb"))
+    assert files and files[0].stat().st_size > 0
+    from wandb.sdk.internal.datastore import DataStore  # noqa: F401  (the real W&B file format)
+    text = files[0].read_bytes()
+    assert b"train/loss" in text and b"val/loss" in text and b"model.hidden_size" in text
+    assert torch.load(run_dir / "checkpoints" / "last.pt", weights_only=False)["wandb_run_id"]
