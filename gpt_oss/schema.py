@@ -24,7 +24,9 @@ def targeted(cls: type) -> type:
     target = f"{cls.__module__}.{cls.__qualname__}"
     fields = [("_target_", str, field(default=target))]
     # module=__name__ and matching global names keep the classes picklable (multirun launchers)
-    return make_dataclass(f"{cls.__name__}Node", fields, bases=(cls,), module=__name__)
+    node = make_dataclass(f"{cls.__name__}Node", fields, bases=(cls,))
+    node.__module__ = __name__
+    return node
 
 
 ModelConfigNode = targeted(ModelConfig)

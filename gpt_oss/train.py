@@ -18,6 +18,7 @@ import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -38,24 +39,34 @@ def check_partial(factory: Any, group: str, first_arg: str) -> None:
         raise ConfigError(f"{group} config does not fit {factory.func.__name__}: {error}; valid keys: {params}") from error
 
 
+def make(node: DictConfig, group: str, **kwargs: Any) -> Any:
+    """instantiate, with a failure reported as a ConfigError that names the group."""
+    try:
+        return instantiate(node, _convert_="all", **kwargs)
+    except InstantiationException as error:
+        if isinstance(error.__cause__, ConfigError):
+            raise error.__cause__ from None
+        raise ConfigError(f"{group} config is invalid: {error}") from error
+
+
 def build(cfg: DictConfig) -> dict[str, Any]:
     """Instantiate and validate every config group; no data is read and no model is built."""
-    model_config: ModelConfig = instantiate(cfg.model, _convert_="all")
-    trainer_config = instantiate(cfg.trainer, _convert_="all")
+    model_config: ModelConfig = make(cfg.model, "model")
+    trainer_config = make(cfg.trainer, "trainer")
     trainer_config.validate()
     if trainer_config.seq_len > model_config.max_position_embeddings:
         raise ConfigError(
             f"trainer.seq_len={trainer_config.seq_len} is invalid: exceeds "
             f"model.max_position_embeddings={model_config.max_position_embeddings}"
         )
-    optimizer = instantiate(cfg.optimizer, _convert_="all")
+    optimizer = make(cfg.optimizer, "optimizer")
     check_partial(optimizer, "optimizer", "model")
-    schedule = instantiate(cfg.schedule, _convert_="all")
+    schedule = make(cfg.schedule, "schedule")
     check_partial(schedule, "schedule", "optimizer")
     return {
         "model_config": model_config,
         "trainer_config": trainer_config,
-        "data_config": instantiate(cfg.data, _convert_="all"),
+        "data_config": make(cfg.data, "data"),
         "optimizer": optimizer,
         "schedule": schedule,
     }
@@ -81,7 +92,7 @@ def provenance() -> dict[str, Any]:
         ).stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         commit = None
-    return {"torch": torch.__version__, "python": sys.version.split()[0], "git_commit": commit}
+    return {"torch": str(torch.__version__), "python": sys.version.split()[0], "git_commit": commit}
 
 
 def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
@@ -94,7 +105,7 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     run_dir = Path(run_dir)
     parts = build(cfg)
     group, name = job_identity(cfg)
-    logger = instantiate(cfg.logger, **_missing_identity(cfg.logger, group, name))
+    logger = make(cfg.logger, "logger", **_missing_identity(cfg.logger, group, name))
     data = prepare(parts["data_config"])
     seed_everything(parts["trainer_config"].seed)
     model = GptOss(parts["model_config"])
