@@ -108,8 +108,9 @@ def attention_flex(
         return_aux=_lse_request(),
     )
     lse = aux.lse  # (B, Hq, T), natural log
-    gate = torch.sigmoid(lse - sinks.float().view(1, -1, 1))
-    return (out.float() * gate.unsqueeze(-1)).to(q.dtype)
+    compute = torch.promote_types(q.dtype, torch.float32)  # float32, or float64 for checks
+    gate = torch.sigmoid(lse.to(compute) - sinks.to(compute).view(1, -1, 1))
+    return (out.to(compute) * gate.unsqueeze(-1)).to(q.dtype)
 
 
 def _eager_flex():

@@ -162,7 +162,10 @@ class Attention(nn.Module):
 
     def _attend(self, q, k, v, step: Step, key_index: torch.Tensor) -> torch.Tensor:
         scale = 1.0 / math.sqrt(self.head_dim)
-        if self.impl == "flex" and step.cache is None and step.key_valid is None:
+        # FlexAttention has no CPU (or MPS) backward: training there takes SDPA (tested equal).
+        backward = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
+        flex_usable = q.device.type not in ("cpu", "mps") or not backward
+        if self.impl == "flex" and flex_usable and step.cache is None and step.key_valid is None:
             return attention_flex(q, k, v, self.sinks, self.sliding_window, scale)
         mask_key = self.sliding_window  # layers of one window share their keys' indices
         if mask_key not in step.masks:

@@ -46,7 +46,8 @@ class Router(nn.Module):
             chosen = logits.gather(-1, experts)
         else:
             chosen, experts = torch.topk(logits, self.top_k, dim=-1)
-        weights = torch.softmax(chosen.float(), dim=-1).to(chosen.dtype)
+        compute = torch.promote_types(chosen.dtype, torch.float32)  # float32, float64 in checks
+        weights = torch.softmax(chosen.to(compute), dim=-1).to(chosen.dtype)
         return Routing(logits, experts, weights)
 
 
@@ -108,18 +109,22 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
 
 def grouped_mm(rows: torch.Tensor, weights: torch.Tensor, offsets: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
     """rows (M, K) sorted by group, weights (G, K, N) -> (M, N); torch._grouped_mm when it runs."""
-    if _grouped_mm_supported(rows):
+    if _grouped_mm_supported(rows, weights):
         return torch._grouped_mm(rows, weights, offs=offsets)
     pieces = torch.split(rows, counts.tolist())
     return torch.cat([piece @ weights[g] for g, piece in enumerate(pieces)])
 
 
-def _grouped_mm_supported(rows: torch.Tensor) -> bool:
+def _grouped_mm_supported(rows: torch.Tensor, weights: torch.Tensor) -> bool:
     if not hasattr(torch, "_grouped_mm"):
         return False
+    # The kernel rejects rows whose stride is not a multiple of 16 bytes (e.g. odd widths).
+    aligned = all(size * rows.element_size() % 16 == 0 for size in weights.shape[1:])
     if rows.is_cuda:  # Hopper and newer, bf16
-        return torch.cuda.get_device_capability(rows.device)[0] >= 9 and rows.dtype == torch.bfloat16
-    return rows.device.type == "cpu"
+        major = torch.cuda.get_device_capability(rows.device)[0]
+        return major >= 9 and rows.dtype == torch.bfloat16 and aligned
+    cpu_dtypes = (torch.float32, torch.bfloat16, torch.float16)  # no float64 kernel
+    return rows.device.type == "cpu" and rows.dtype in cpu_dtypes and aligned
 
 
 class MoE(nn.Module):
