@@ -1,0 +1,123 @@
+"""Parameter counts and memory needs of a model shape, computed without allocating the model.
+
+python -m gpt_oss.info model=full
+"""
+
+from __future__ import annotations
+
+import hydra
+import torch
+from omegaconf import DictConfig
+
+from gpt_oss.config import ModelConfig
+from gpt_oss.model import GptOss
+
+ADAMW_BYTES_PER_PARAM = 16  # fp32 master weight + fp32 grad + two fp32 moments
+MXFP4_BYTES_PER_VALUE = (4 + 8 / 32) / 8  # a 4-bit code plus one 8-bit scale per 32 values
+
+
+def parameter_counts(config: ModelConfig) -> dict[str, int]:
+    """Analytic parameter counts. "active" is what one token uses: everything except the
+    input embedding table and the experts it is not routed to (the release's definition)."""
+    hidden, head_dim, layers = config.hidden_size, config.head_dim, config.num_hidden_layers
+    q_width = config.num_attention_heads * head_dim
+    kv_width = config.num_key_value_heads * head_dim
+    attention = (hidden + 1) * (q_width + 2 * kv_width) + (q_width + 1) * hidden  # q,k,v,o + biases
+    attention += config.num_attention_heads  # one sink per head
+    attention += 2 * head_dim if config.qk_norm else 0
+    router = config.num_experts * (hidden + 1)
+    width = config.intermediate_size
+    expert_matrices = 3 * hidden * width  # up projection (gate and linear, 2I) and down
+    expert = expert_matrices + 2 * width + hidden  # plus their biases
+    embedding = config.vocab_size * hidden
+    unembedding = 0 if config.tie_embeddings else config.vocab_size * hidden
+    counts = {
+        "embedding": embedding,
+        "unembedding": unembedding,
+        "attention": layers * attention,
+        "router": layers * router,
+        "experts": layers * config.num_experts * expert,
+        "norms": layers * 2 * hidden + hidden,
+    }
+    counts["total"] = sum(counts.values())
+    inactive_experts = layers * (config.num_experts - config.experts_per_token) * expert
+    # Tied: the one table is also the unembedding every token runs through, so it stays active.
+    input_table = 0 if config.tie_embeddings else embedding
+    counts["active"] = counts["total"] - input_table - inactive_experts
+    counts["expert_matrices"] = layers * config.num_experts * expert_matrices
+    return counts
+
+
+def memory_bytes(counts: dict[str, int]) -> dict[str, float]:
+    """Bytes for the weights in several formats, and for AdamW training state (no activations)."""
+    total, quantizable = counts["total"], counts["expert_matrices"]
+    return {
+        "weights bf16": 2.0 * total,
+        "weights fp32": 4.0 * total,
+        # the release's format: expert matrices MXFP4, everything else bf16
+        "weights MXFP4 experts + bf16": MXFP4_BYTES_PER_VALUE * quantizable
+        + 2.0 * (total - quantizable),
+        "training AdamW (16 B/param)": float(ADAMW_BYTES_PER_PARAM * total),
+    }
+
+
+def meta_parameter_count(config: ModelConfig) -> int:
+    """Total parameters of a GptOss built on the meta device (shapes only, no memory)."""
+    with torch.device("meta"):
+        model = GptOss(config)
+    return sum(p.numel() for p in model.parameters())  # parameters() counts a tied table once
+
+
+def model_config(node: DictConfig) -> ModelConfig:
+    """The ModelConfig a Hydra model group describes (with plain lists, not ListConfig)."""
+    return hydra.utils.instantiate(node, _convert_="all")
+
+
+def format_report(name: str, config: ModelConfig, counts: dict[str, int]) -> str:
+    """A small readable table of counts and memory."""
+    lines = [
+        f"model {name}: {config.num_hidden_layers} layers, hidden {config.hidden_size}, "
+        f"{config.num_experts} experts (top-{config.experts_per_token}), vocab {config.vocab_size}",
+        "",
+        f"{'parameters':<32}{'count':>10}",
+    ]
+    for key, label in (
+        ("total", "total"),
+        ("active", "active per token"),
+        ("embedding", "embedding (input table)"),
+        ("unembedding", "unembedding (lm_head)"),
+        ("attention", "attention"),
+        ("experts", "experts"),
+        ("router", "routers"),
+        ("norms", "norms"),
+    ):
+        lines.append(f"  {label:<30}{_human(counts[key]):>10}")
+    lines += ["", f"{'memory':<32}{'GB':>10}{'GiB':>10}"]
+    for label, size in memory_bytes(counts).items():
+        lines.append(f"  {label:<30}{size / 1e9:>10.2f}{size / 2**30:>10.2f}")
+    lines.append("  (training: weights, grads and AdamW moments; activations not included)")
+    return "\n".join(lines)
+
+
+def _human(count: int) -> str:
+    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if count >= size:
+            return f"{count / size:.2f}{unit}"
+    return str(count)
+
+
+@hydra.main(version_base=None, config_path="../conf", config_name="info")
+def main(cfg: DictConfig) -> None:
+    config = model_config(cfg.model)
+    counts = parameter_counts(config)
+    name = hydra.core.hydra_config.HydraConfig.get().runtime.choices.get("model", "model")
+    print(format_report(name, config, counts))
+    if cfg.get("verify_meta", False):
+        built = meta_parameter_count(config)
+        if built != counts["total"]:
+            raise SystemExit(f"analytic total {counts['total']} != meta-device build {built}")
+        print(f"\nmeta-device build agrees: {built:,} parameters")
+
+
+if __name__ == "__main__":
+    main()
