@@ -7,7 +7,6 @@ import math
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from gpt_oss.attention import attention_eager, attention_flex, attention_mask, attention_sdpa

@@ -56,11 +56,11 @@ class Experts(nn.Module):
 
     def __init__(self, config: ModelConfig):
         super().__init__()
-        E, H, I = config.num_experts, config.hidden_size, config.intermediate_size
+        E, H, W = config.num_experts, config.hidden_size, config.intermediate_size  # W: expert width
         self.alpha, self.limit, self.impl = config.swiglu_alpha, config.swiglu_limit, config.moe_impl
-        self.gate_up_proj = nn.Parameter(torch.empty(E, H, 2 * I))  # gate/linear interleaved
-        self.gate_up_proj_bias = nn.Parameter(torch.zeros(E, 2 * I))
-        self.down_proj = nn.Parameter(torch.empty(E, I, H))
+        self.gate_up_proj = nn.Parameter(torch.empty(E, H, 2 * W))  # gate/linear interleaved
+        self.gate_up_proj_bias = nn.Parameter(torch.zeros(E, 2 * W))
+        self.down_proj = nn.Parameter(torch.empty(E, W, H))
         self.down_proj_bias = nn.Parameter(torch.zeros(E, H))
 
     def forward(self, x: torch.Tensor, routing: Routing) -> torch.Tensor:

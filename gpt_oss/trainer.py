@@ -143,7 +143,10 @@ class Trainer:
         logger: Any = None,
         run_config: dict | None = None,
     ):
-        from gpt_oss.data import TrainLoader, ValLoader  # data pulls in datasets: import when needed
+        from gpt_oss.data import (  # data pulls in datasets: import when needed
+            TrainLoader,
+            ValLoader,
+        )
 
         config.validate()
         self.config, self.data = config, data

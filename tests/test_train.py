@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
+import math
 import signal
 import subprocess
 import sys
@@ -14,7 +14,6 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
-from omegaconf.errors import ConfigKeyError, ValidationError
 
 from gpt_oss.config import ConfigError
 from gpt_oss.train import build, run
@@ -110,7 +109,7 @@ def _train_cli(tmp_path: Path, run_dir: Path, *extra: str) -> subprocess.Popen:
 
 @pytest.mark.slow
 def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
-    steps = ["trainer.max_steps=12", "trainer.checkpoint_every=4", "trainer.eval_every=4", "trainer.log_every=1"]
+    steps = ["trainer.max_steps=8", "trainer.checkpoint_every=3", "trainer.eval_every=3", "trainer.log_every=1"]
     straight = tmp_path / "straight"
     out, _ = _train_cli(tmp_path, straight, *steps).communicate(timeout=300)
     assert (straight / "checkpoints" / "last.pt").exists(), out
@@ -118,16 +117,23 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
     killed = tmp_path / "killed"
     proc = _train_cli(tmp_path, killed, *steps)
     deadline = time.time() + 240
-    while time.time() < deadline and not _has_step(killed, 6):
+    while time.time() < deadline and not _has_step(killed, 5):
         time.sleep(0.2)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert _has_step(killed, 6), "the run did not get past its first checkpoint before the kill"
+    assert _has_step(killed, 5), "the run did not get past its first checkpoint before the kill"
     resumed = _train_cli(tmp_path, killed, *steps, "trainer.resume=auto")
     out, _ = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, out
-    losses = lambda d: [(r["step"], r["split"], r["loss"]) for r in read_records(d)]  # noqa: E731
-    assert losses(killed) == losses(straight)
+    resumed_losses, straight_losses = _losses(killed), _losses(straight)
+    assert [key for key, _ in resumed_losses] == [key for key, _ in straight_losses]
+    for (key, resumed_loss), (_, straight_loss) in zip(resumed_losses, straight_losses, strict=True):
+        # multi-threaded CPU reductions may differ in the last bits; the issue allows 1e-6
+        assert math.isclose(resumed_loss, straight_loss, rel_tol=1e-6), key
+
+
+def _losses(run_dir: Path) -> list[tuple[tuple[int, str], float]]:
+    return [((r["step"], r["split"]), r["loss"]) for r in read_records(run_dir)]
 
 
 def _has_step(run_dir: Path, step: int) -> bool:
