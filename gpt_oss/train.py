@@ -110,7 +110,10 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     seed_everything(parts["trainer_config"].seed)
     model = GptOss(parts["model_config"])
     run_config = OmegaConf.to_container(cfg, resolve=True)
-    run_config["data"] |= {"fallback": data.fallback, "description": data.description}
+    run_config["data"]["fallback"] = data.fallback  # None, or why TinyStories was replaced
+    run_config["data_prepared"] = data.summary()  # what was actually read: source, sizes, sha256
+    if data.fallback and hasattr(logger, "tags"):
+        logger.tags.append("synthetic-fallback")  # visible in the W&B run list, not only its config
     run_config["parameters"] = parameter_counts(parts["model_config"])
     run_config["provenance"] = provenance()
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -127,8 +130,21 @@ def _missing_identity(logger_cfg: DictConfig, group: str | None, name: str | Non
     return {k: v for k, v in fields.items() if v is not None and k in logger_cfg and logger_cfg[k] is None}
 
 
+def pin_sweep_gpu() -> str | None:
+    """hydra/launcher=gpu_pool: give this job's worker process a GPU of its own (see gpu_pool)."""
+    hc = HydraConfig.get()
+    if hc.mode != RunMode.MULTIRUN or hc.runtime.choices.get("hydra/launcher") != "gpu_pool":
+        return None
+    from gpt_oss.gpu_pool import pin_process_gpu
+
+    gpu = pin_process_gpu(hc.job.num, Path(hc.sweep.dir) / ".gpu_pool")
+    log.info("gpu_pool: job %d runs on CUDA_VISIBLE_DEVICES=%s", hc.job.num, gpu)
+    return gpu
+
+
 @hydra.main(version_base=None, config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> float:
+    pin_sweep_gpu()  # first: CUDA reads CUDA_VISIBLE_DEVICES once, at its first use
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
         summary = run(cfg, run_dir)
