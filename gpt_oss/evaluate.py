@@ -1,0 +1,238 @@
+"""Entry point: loss, perplexity and bits per byte of a checkpoint on a text file.
+
+    python -m gpt_oss.evaluate checkpoint=outputs/runs/<date>/<time> text_file=held_out.jsonl
+
+Documents come from a .jsonl file ({"text": ...} per line) or a text file split at a separator
+(<|endoftext|> by default, as in TinyStories' .txt files). Each document is scored as training
+sees it (gpt_oss.data puts <|endoftext|> before every document): after an <|endoftext|>, with
+its end predicted as the next <|endoftext|>. Long documents are
+scored in windows of context_length tokens that move by stride, so every token is scored once
+and, past the first window, with at least context_length - stride tokens of context.
+Bits per byte = sum of token losses in nats / (UTF-8 bytes of the documents * ln 2).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+import torch.nn.functional as F
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig
+
+from gpt_oss.config import ConfigError
+from gpt_oss.generate import load_for_inference, resolve_device, resolve_dtype
+from gpt_oss.hf import CheckpointError
+from gpt_oss.losses import IGNORE_INDEX
+from gpt_oss.metrics import bits_per_byte
+from gpt_oss.model import GptOss
+from gpt_oss.tokenizer import ENDOFTEXT_ID, get_tokenizer
+
+DEFAULT_CONTEXT = 1024  # when the checkpoint does not say what it was trained on
+LOSS_CHUNK_TOKENS = 1024  # logits exist for this many tokens at a time (201k vocab: 0.8 GB fp32)
+
+
+@dataclass
+class EvaluateConfig:
+    """conf/evaluate.yaml's schema: a misspelled key or a wrong type fails at compose time."""
+
+    checkpoint: str = MISSING  # run dir, .pt file, or Hugging Face directory
+    text_file: str = MISSING  # .jsonl ({"text": ...} per line) or text split at `separator`
+    separator: str | None = "<|endoftext|>"  # between documents of a text file; null = lines
+    field: str = "text"  # the .jsonl field holding a document
+    context_length: int | None = None  # null = the training seq_len stored with the checkpoint
+    stride: int | None = None  # null = context_length // 2
+    batch_size: int = 8  # windows per forward pass
+    max_documents: int | None = None  # null = all
+    device: str = "auto"  # auto = cuda when present, else cpu
+    dtype: str = "auto"  # auto = bf16 on cuda, fp32 on cpu; or bf16, fp16, fp32
+    output: str | None = None  # also write the result as JSON here
+
+
+ConfigStore.instance().store(name="evaluate_schema", node=EvaluateConfig)
+
+
+@dataclass
+class Score:
+    """Summed token losses and what they cover; the averages as properties."""
+
+    loss_sum: float  # nats, over every scored token
+    tokens: int
+    bytes: int  # UTF-8 bytes of the documents
+    documents: int
+
+    @property
+    def loss(self) -> float:
+        return self.loss_sum / self.tokens
+
+    @property
+    def perplexity(self) -> float:
+        return math.exp(min(self.loss, 700.0))
+
+    @property
+    def bits_per_byte(self) -> float:
+        return bits_per_byte(self.loss_sum, self.bytes)
+
+    def to_dict(self) -> dict[str, float]:
+        return {
+            "loss": self.loss,
+            "perplexity": self.perplexity,
+            "bpb": self.bits_per_byte,
+            "tokens": self.tokens,
+            "bytes": self.bytes,
+            "documents": self.documents,
+        }
+
+
+def read_documents(
+    path: str | Path,
+    separator: str | None = "<|endoftext|>",
+    field: str = "text",
+    max_documents: int | None = None,
+) -> list[str]:
+    """Documents of a .jsonl file (one {field: text} per line, as gpt_oss.data reads them) or of
+    a text file split at separator (None = one per line), stripped; empty ones are skipped."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"text_file={str(path)!r} does not exist")
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".jsonl":
+        documents = []
+        for number, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                record = json.loads(line)
+                if field not in record:
+                    raise ConfigError(
+                        f"{path}:{number} has no field {field!r} (keys: {sorted(record)})"
+                    )
+                documents.append(record[field])
+        documents = [d for d in documents if d and d.strip()]
+    else:
+        pieces = text.split(separator) if separator else text.splitlines()
+        documents = [d.strip() for d in pieces if d.strip()]
+    if not documents:
+        raise ConfigError(f"text_file={str(path)!r} holds no documents")
+    return documents[:max_documents]
+
+
+def document_windows(
+    tokens: list[int], context_length: int, stride: int
+) -> list[tuple[list[int], list[int]]]:
+    """(inputs, targets) windows over one token sequence; targets already scored by an earlier
+    window are IGNORE_INDEX, so each of the len(tokens) - 1 predictions counts exactly once."""
+    if not 0 < stride <= context_length:
+        raise ConfigError(
+            f"stride={stride} is invalid: must be in [1, context_length={context_length}]"
+        )
+    inputs, targets = tokens[:-1], tokens[1:]
+    windows, scored_until = [], 0
+    for begin in range(0, len(inputs), stride):
+        end = min(begin + context_length, len(inputs))
+        window_targets = [IGNORE_INDEX] * (scored_until - begin) + targets[scored_until:end]
+        windows.append((inputs[begin:end], window_targets))
+        scored_until = end
+        if end == len(inputs):
+            break
+    return windows
+
+
+@torch.inference_mode()
+def window_loss_sum(model: GptOss, windows: list[tuple[list[int], list[int]]]) -> float:
+    """Summed cross-entropy (nats) of the scored targets of a batch of windows, right-padded
+    (causal attention: padding after a token never changes its prediction)."""
+    device, width = model.lm_head.weight.device, max(len(w[0]) for w in windows)
+    inputs = torch.zeros(len(windows), width, dtype=torch.long)
+    targets = torch.full((len(windows), width), IGNORE_INDEX, dtype=torch.long)
+    for row, (window_inputs, window_targets) in enumerate(windows):
+        inputs[row, : len(window_inputs)] = torch.tensor(window_inputs)
+        targets[row, : len(window_targets)] = torch.tensor(window_targets)
+    hidden, _ = model.hidden_states(inputs.to(device))  # (B, T, H)
+    return summed_cross_entropy(
+        hidden.flatten(0, 1), model.lm_head.weight, targets.to(device).flatten()
+    )
+
+
+def summed_cross_entropy(
+    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor
+) -> float:
+    """Sum over targets (IGNORE_INDEX skipped) of -log softmax(hidden @ weight.T), the float32
+    logits formed LOSS_CHUNK_TOKENS rows at a time. (losses.linear_cross_entropy also forms
+    gradients whenever the weight requires grad, even under inference_mode: 3x the work.)"""
+    total = 0.0
+    for start in range(0, hidden.shape[0], LOSS_CHUNK_TOKENS):
+        logits = F.linear(hidden[start : start + LOSS_CHUNK_TOKENS], weight).float()  # (chunk, V)
+        chunk_targets = targets[start : start + LOSS_CHUNK_TOKENS]
+        total += float(
+            F.cross_entropy(logits, chunk_targets, ignore_index=IGNORE_INDEX, reduction="sum")
+        )
+    return total
+
+
+def score_documents(
+    model: GptOss, documents: list[str], context_length: int, stride: int, batch_size: int
+) -> Score:
+    """Loss over every token of every document (and its closing <|endoftext|>)."""
+    tokenizer = get_tokenizer()
+    windows, tokens = [], 0
+    for document in documents:
+        ids = [ENDOFTEXT_ID, *tokenizer.encode_ordinary(document), ENDOFTEXT_ID]
+        if max(ids) >= model.config.vocab_size:
+            raise ConfigError(
+                f"token id {max(ids)} is outside the model's vocabulary ({model.config.vocab_size})"
+            )
+        windows += document_windows(ids, context_length, stride)
+        tokens += len(ids) - 1
+    windows.sort(key=lambda w: len(w[0]), reverse=True)  # similar lengths share a batch
+    loss_sum = sum(
+        window_loss_sum(model, windows[i : i + batch_size])
+        for i in range(0, len(windows), batch_size)
+    )
+    num_bytes = sum(len(d.encode("utf-8")) for d in documents)
+    return Score(loss_sum, tokens, num_bytes, len(documents))
+
+
+def default_context(run_config: dict[str, Any], model: GptOss) -> int:
+    """The sequence length the model was trained on when its checkpoint says, else 1024."""
+    trained = (run_config.get("trainer") or {}).get("seq_len")
+    return int(trained or min(DEFAULT_CONTEXT, model.config.max_position_embeddings))
+
+
+def run(cfg: DictConfig) -> Score:
+    """Load, score, print (and write cfg.output when set)."""
+    if cfg.batch_size < 1:
+        raise ConfigError(f"batch_size={cfg.batch_size} is invalid: must be >= 1")
+    documents = read_documents(cfg.text_file, cfg.separator, cfg.field, cfg.max_documents)
+    device = resolve_device(cfg.device)
+    model, run_config = load_for_inference(cfg.checkpoint, device, resolve_dtype(cfg.dtype, device))
+    context = cfg.context_length or default_context(run_config, model)
+    stride = cfg.stride or max(context // 2, 1)
+    score = score_documents(model, documents, context, stride, cfg.batch_size)
+    print(
+        f"{cfg.checkpoint} on {cfg.text_file}: {score.documents} documents, {score.tokens:,} tokens, "
+        f"{score.bytes:,} bytes (context {context}, stride {stride})"
+    )
+    print(
+        f"loss {score.loss:.4f} | perplexity {score.perplexity:.3f} | bits per byte {score.bits_per_byte:.4f}"
+    )
+    if cfg.output:
+        Path(cfg.output).write_text(
+            json.dumps(score.to_dict() | {"context_length": context, "stride": stride})
+        )
+    return score
+
+
+@hydra.main(version_base=None, config_path="../conf", config_name="evaluate")
+def main(cfg: DictConfig) -> None:
+    try:
+        run(cfg)
+    except (ConfigError, CheckpointError, ValueError) as error:
+        raise SystemExit(f"{type(error).__name__}: {error}") from error
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,226 @@
+"""Entry point: continue prompts with a trained model.
+
+    python -m gpt_oss.generate checkpoint=outputs/runs/<date>/<time> prompt="Once upon a time"
+    python -m gpt_oss.generate checkpoint=path/to/gpt-oss-20b prompts_file=prompts.txt temperature=0
+
+checkpoint is a run directory, one of our .pt files, or a Hugging Face directory (release
+MXFP4 checkpoints included). Thin by design: load, encode, hand the token ids to
+gpt_oss.sampling.generate, print. Generation writes no run directory (see conf/generate.yaml).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import hydra
+import torch
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig
+
+from gpt_oss.checkpoint import read_checkpoint, resolve_checkpoint
+from gpt_oss.config import ConfigError, ModelConfig
+from gpt_oss.hf import CheckpointError, build_with_state, import_hf
+from gpt_oss.model import GptOss
+from gpt_oss.sampling import Generation, SamplingConfig, StreamDecoder, TokenCallback, generate
+from gpt_oss.tokenizer import get_tokenizer
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+@dataclass
+class GenerateConfig:
+    """conf/generate.yaml's schema: a misspelled key or a wrong type fails at compose time."""
+
+    checkpoint: str = MISSING  # run dir, .pt file, or Hugging Face directory
+    prompt: str = "Once upon a time"
+    prompts_file: str | None = None  # .txt: one prompt per line; .jsonl: {"prompt" or "text": ...}
+    max_new_tokens: int = 200
+    temperature: float = 0.8  # 0 = greedy
+    top_k: int = 0  # 0 = off
+    top_p: float = 0.95  # 1 = off
+    seed: int | None = 1337  # null = not reproducible
+    stop: list[str] = field(default_factory=lambda: ["<|endoftext|>"])  # token texts or ids
+    start: str | None = "<|endoftext|>"  # prepended to every prompt; null = none
+    batch_size: int = 8  # prompts generated together
+    stream: bool = True  # print a single prompt's tokens as they come
+    device: str = "auto"  # auto = cuda when present, else cpu
+    dtype: str = "auto"  # auto = bf16 on cuda, fp32 on cpu; or bf16, fp16, fp32
+
+
+ConfigStore.instance().store(name="generate_schema", node=GenerateConfig)
+
+
+# ------------------------------------------------------------------ loading (shared with evaluate)
+def resolve_device(name: str) -> torch.device:
+    """auto = cuda when present, else cpu; an unavailable cuda is an error, not a fallback."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise ConfigError(f"device={name!r} is invalid: {error}") from error
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            f"device={name!r} is invalid: CUDA is not available here (use cpu or auto)"
+        )
+    return device
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """auto = bf16 on cuda (a 20B model then fits one 80 GB GPU), fp32 elsewhere."""
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if name not in DTYPES:
+        raise ConfigError(
+            f"dtype={name!r} is invalid: valid are ['auto', {', '.join(map(repr, DTYPES))}]"
+        )
+    return DTYPES[name]
+
+
+def load_for_inference(
+    path: str | Path, device: torch.device, dtype: torch.dtype
+) -> tuple[GptOss, dict[str, Any]]:
+    """(model in eval mode, the run config stored with it or {}).
+
+    A Hugging Face directory loads straight onto the device, dequantizing MXFP4 experts one
+    tensor at a time into dtype. Our checkpoints are read on the CPU, so their optimizer state
+    never reaches the GPU, and only the weights move.
+    """
+    path = Path(path)
+    if path.is_dir() and (path / "config.json").is_file():
+        return import_hf(path, dtype=dtype, device=device).eval(), {}
+    payload = read_checkpoint(resolve_checkpoint(path), map_location="cpu")
+    config = ModelConfig.from_dict(payload["model_config"])
+    state = {
+        k: v.to(device, dtype if v.is_floating_point() else v.dtype)
+        for k, v in payload["model"].items()
+    }
+    return build_with_state(config, state, device).eval(), payload.get("run_config") or {}
+
+
+# ------------------------------------------------------------------ prompts and tokens
+def read_prompts(path: str | Path) -> list[str]:
+    """Prompts from a file: .jsonl lines with "prompt" or "text"; otherwise one per line."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"prompts_file={str(path)!r} does not exist")
+    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if path.suffix != ".jsonl":
+        return lines
+    prompts = []
+    for number, line in enumerate(lines, 1):
+        record = json.loads(line)
+        if "prompt" not in record and "text" not in record:
+            raise ConfigError(
+                f"{path}:{number} has no 'prompt' or 'text' field (keys: {sorted(record)})"
+            )
+        prompts.append(record.get("prompt", record.get("text")))
+    return prompts
+
+
+def token_id(text: str) -> int:
+    """A stop token given as its text (special tokens included) or as its id."""
+    if text.isdigit():
+        return int(text)
+    try:
+        return get_tokenizer().encode_single_token(text)
+    except KeyError as error:
+        raise ConfigError(
+            f"stop token {text!r} is not a single token of o200k_harmony; give its id"
+        ) from error
+
+
+def encode_prompt(text: str, start: str | None) -> list[int]:
+    """Token ids of start + text; special tokens written in the text are kept as such."""
+    ids = [token_id(start)] if start else []
+    return ids + get_tokenizer().encode(text, allowed_special="all")
+
+
+# ------------------------------------------------------------------ running and printing
+def run(cfg: DictConfig, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> list[Generation]:
+    """Load, generate every prompt in batches, print prompt + continuation and the speed."""
+    sampling = SamplingConfig(cfg.temperature, cfg.top_k, cfg.top_p)
+    sampling.validate()
+    texts = read_prompts(cfg.prompts_file) if cfg.prompts_file else [cfg.prompt]
+    prompts = [encode_prompt(text, cfg.start) for text in texts]
+    stops = [token_id(str(s)) for s in cfg.stop]
+    if cfg.batch_size < 1:
+        raise ConfigError(f"batch_size={cfg.batch_size} is invalid: must be >= 1")
+    device = resolve_device(cfg.device)
+    model, _ = load_for_inference(cfg.checkpoint, device, resolve_dtype(cfg.dtype, device))
+    results = []
+    for first in range(0, len(prompts), cfg.batch_size):
+        batch = slice(first, first + cfg.batch_size)
+        streaming = cfg.stream and len(prompts) == 1
+        results.append(
+            _generate_and_print(
+                model, cfg, sampling, stops, texts[batch], prompts[batch], first, streaming, out
+            )
+        )
+        err.write(speed_report(results[-1]) + "\n")
+    return results
+
+
+def _generate_and_print(
+    model: GptOss,
+    cfg: DictConfig,
+    sampling: SamplingConfig,
+    stops: list[int],
+    texts: list[str],
+    prompts: list[list[int]],
+    first_index: int,
+    streaming: bool,
+    out: TextIO,
+) -> Generation:
+    """One batch: a single streamed prompt token by token, otherwise each prompt at the end."""
+    tokenizer, on_token = get_tokenizer(), None
+    if streaming:
+        decoder = StreamDecoder(tokenizer)
+        out.write(texts[0])
+        out.flush()
+        on_token = _printer(out, decoder)
+    result = generate(
+        model, prompts, cfg.max_new_tokens, sampling, cfg.seed, stops, on_token=on_token
+    )
+    if streaming:
+        out.write(decoder.flush() + "\n")
+    else:
+        for index, (text, tokens) in enumerate(zip(texts, result.tokens, strict=True), first_index):
+            out.write(f"--- prompt {index} ---\n{text}{tokenizer.decode(tokens)}\n")
+    out.flush()
+    return result
+
+
+def _printer(out: TextIO, decoder: StreamDecoder) -> TokenCallback:
+    def on_token(row: int, token: int) -> None:
+        out.write(decoder.push(token))
+        out.flush()
+
+    return on_token
+
+
+def speed_report(result: Generation) -> str:
+    """One line: prefill time and decode speed in new tokens per second."""
+    new = sum(len(t) for t in result.tokens)
+    return (
+        f"[prefill {result.prompt_tokens} tokens in {result.prefill_seconds:.3f} s | "
+        f"decode {result.decode_tokens} tokens in {result.decode_seconds:.3f} s = "
+        f"{result.decode_tokens_per_s:.1f} tokens/s | {new} new tokens, "
+        f"finished: {', '.join(result.finish_reasons)}]"
+    )
+
+
+@hydra.main(version_base=None, config_path="../conf", config_name="generate")
+def main(cfg: DictConfig) -> None:
+    try:
+        run(cfg)
+    except (ConfigError, CheckpointError, ValueError) as error:
+        raise SystemExit(f"{type(error).__name__}: {error}") from error
+
+
+if __name__ == "__main__":
+    main()
