@@ -22,7 +22,7 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from gpt_oss import schema
+from gpt_oss import distributed, schema
 from gpt_oss.config import ConfigError, ModelConfig
 from gpt_oss.hf import CheckpointError
 
@@ -53,7 +53,7 @@ def build(cfg: DictConfig) -> dict[str, Any]:
     """Instantiate and validate every config group; no data is read and no model is built."""
     model_config: ModelConfig = make(cfg.model, "model")
     trainer_config = make(cfg.trainer, "trainer")
-    trainer_config.validate()
+    trainer_config.validate(distributed.launch_world().size)
     if trainer_config.seq_len > model_config.max_position_embeddings:
         raise ConfigError(
             f"trainer.seq_len={trainer_config.seq_len} is invalid: exceeds "
@@ -96,19 +96,31 @@ def provenance() -> dict[str, Any]:
 
 
 def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
-    """Validate, prepare data, build, train; returns the trainer's summary."""
-    from gpt_oss.data import prepare
+    """Validate, prepare data, build, train; returns the trainer's summary.
+
+    With trainer.parallel=ddp|fsdp every process that torchrun or SLURM started runs this; they
+    join one process group and train in rank 0's run directory, which rank 0 alone writes.
+    """
+    from gpt_oss.trainer import resolve_device
+
+    parts = build(cfg)
+    trainer_config = parts["trainer_config"]
+    with distributed.process_group(trainer_config.parallel, resolve_device(trainer_config.device)) as world:
+        run_dir = Path(distributed.broadcast_object(str(run_dir)))  # rank 0's ${now:...} wins
+        if not world.is_main:
+            _drop_log_files()
+        return _train(cfg, parts, run_dir, world)
+
+
+def _train(cfg: DictConfig, parts: dict[str, Any], run_dir: Path, world: distributed.World) -> dict[str, Any]:
     from gpt_oss.info import parameter_counts
-    from gpt_oss.model import GptOss
     from gpt_oss.trainer import Trainer, format_summary, seed_everything
 
-    run_dir = Path(run_dir)
-    parts = build(cfg)
     group, name = job_identity(cfg)
     logger = make(cfg.logger, "logger", **_missing_identity(cfg.logger, group, name))
-    data = prepare(parts["data_config"])
+    data = distributed.prepare_data(parts["data_config"], world)  # rank 0 first, then the others
     seed_everything(parts["trainer_config"].seed)
-    model = GptOss(parts["model_config"])
+    model = distributed.build_model(parts["model_config"], meta=parts["trainer_config"].meta_init)
     run_config = OmegaConf.to_container(cfg, resolve=True)
     run_config["data"]["fallback"] = data.fallback  # None, or why TinyStories was replaced
     run_config["data_prepared"] = data.summary()  # what was actually read: source, sizes, sha256
@@ -116,13 +128,40 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         logger.tags.append("synthetic-fallback")  # visible in the W&B run list, not only its config
     run_config["parameters"] = parameter_counts(parts["model_config"])
     run_config["provenance"] = provenance()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(run_config)))
+    if world.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(run_config)))
     trainer = Trainer(model, parts["optimizer"], parts["schedule"], data, parts["trainer_config"],
                       run_dir, logger, run_config)
     summary = trainer.fit()
-    print(format_summary(summary), flush=True)
+    if world.is_main:
+        print(format_summary(summary), flush=True)
     return summary
+
+
+def _drop_log_files() -> None:
+    """Ranks > 0 log to the console only: rank 0 alone writes the run's train.log."""
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if isinstance(h, logging.FileHandler)]:
+        root.removeHandler(handler)
+        handler.close()
+
+
+def follower_overrides(argv: list[str]) -> list[str]:
+    """Hydra overrides for the ranks > 0 of a torchrun or srun launch: no run directory, .hydra/
+    or log file of their own (their ${now:...} may name another second), warnings and errors on
+    the console; run() then trains in rank 0's directory. A sweep (-m) of distributed jobs goes
+    through hydra/launcher=slurm_ddp."""
+    world = distributed.launch_world()
+    if world.size > 1 and {"-m", "--multirun"} & set(argv):
+        raise SystemExit(
+            "torchrun/srun with -m is not supported: launch a sweep of distributed jobs with "
+            "hydra/launcher=slurm_ddp, or run one torchrun per sweep point"
+        )
+    if world.rank == 0:
+        return []
+    logging_overrides = ["hydra/job_logging=stdout", "hydra.job_logging.root.level=WARNING"]
+    return ["hydra.run.dir=.", "hydra.output_subdir=null", *logging_overrides]
 
 
 def _missing_identity(logger_cfg: DictConfig, group: str | None, name: str | None) -> dict[str, str]:
@@ -161,4 +200,5 @@ def _data_error() -> type[Exception]:
 
 
 if __name__ == "__main__":
+    sys.argv += follower_overrides(sys.argv[1:])  # before Hydra makes the run directory
     main()

@@ -18,6 +18,23 @@ from tqdm.auto import tqdm
 
 from gpt_oss.checkpoint import read_checkpoint, save_checkpoint
 from gpt_oss.config import ConfigError
+from gpt_oss.distributed import (
+    PARALLEL_MODES,
+    checkpoint_blocks,
+    current_world,
+    grad_sync,
+    load_sharded,
+    mean_over_ranks_,
+    parallelize,
+    place_model,
+    rank_device,
+    read_trainer_state,
+    save_sharded,
+    sharded_checkpoint,
+    sum_floats,
+    sum_over_ranks_,
+    val_batches,
+)
 from gpt_oss.hf import CheckpointError
 from gpt_oss.metrics import bits_per_byte, flops_per_token, peak_flops
 from gpt_oss.model import GptOss
@@ -50,8 +67,9 @@ class TrainerConfig:
     grad_clip: float = 1.0  # 0 disables clipping
     nan_policy: str = "error"  # error: stop, keep the last good checkpoint; skip: drop the step
     max_skipped_steps: int = 10
-    parallel: str = "none"
-    activation_checkpointing: bool = False
+    parallel: str = "none"  # none | ddp | fsdp (launch with torchrun or SLURM, one process per GPU)
+    activation_checkpointing: bool = False  # recompute each block in backward: memory for time
+    meta_init: bool = False  # fsdp: build on the meta device, initialise only this rank's shards
     progress: bool = True
 
     def validate(self, world_size: int = 1) -> None:
@@ -70,11 +88,25 @@ class TrainerConfig:
             raise ConfigError(f"trainer.precision={self.precision!r} is invalid: valid are {PRECISIONS}")
         if self.nan_policy not in NAN_POLICIES:
             raise ConfigError(f"trainer.nan_policy={self.nan_policy!r} is invalid: valid are {NAN_POLICIES}")
+        self._validate_parallel(world_size)
         if self.device != "auto":
             try:
                 torch.device(self.device)
             except RuntimeError as error:
                 raise ConfigError(f"trainer.device={self.device!r} is invalid: {error}") from error
+
+    def _validate_parallel(self, world_size: int) -> None:
+        if self.parallel not in PARALLEL_MODES:
+            raise ConfigError(f"trainer.parallel={self.parallel!r} is invalid: valid are {PARALLEL_MODES}")
+        if world_size > 1 and self.parallel == "none":
+            raise ConfigError(
+                f"trainer.parallel=none, but {world_size} processes were launched (torchrun or "
+                "SLURM tasks): set trainer.parallel=ddp or fsdp, or launch one process"
+            )
+        if self.parallel == "fsdp" and self.precision == "fp16":
+            raise ConfigError("trainer.precision=fp16 is invalid with trainer.parallel=fsdp: use bf16")
+        if self.meta_init and self.parallel != "fsdp":
+            raise ConfigError(f"trainer.meta_init=true needs trainer.parallel=fsdp, not {self.parallel!r}")
 
 
 class TrainingDiverged(RuntimeError):
@@ -148,23 +180,28 @@ class Trainer:
             ValLoader,
         )
 
-        config.validate()
+        self.world = current_world()  # rank and size of the process group (one process without)
+        config.validate(self.world.size)
         self.config, self.data = config, data
         self.run_dir = Path(run_dir)
-        self.device = resolve_device(config.device)
+        self.device = rank_device(resolve_device(config.device), self.world)
         self.dtype = autocast_dtype(config.precision, self.device)
-        self.model = model.to(self.device)
+        self.model = place_model(model, self.device, config.parallel)
+        if config.activation_checkpointing:
+            checkpoint_blocks(self.model)
         if config.compile:
             for block in self.model.layers:
                 block.compile()
+        self.loss_fn = parallelize(self.model, config.parallel, self.device)  # model.loss, DDP or FSDP
         self.optimizer = optimizer_factory(self.model)
         self.schedule = schedule_factory(self.optimizer)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
-        micro = config.batch_size // config.grad_accum
-        self.train_loader = TrainLoader(data.train.tokens, micro, config.seq_len, config.seed, device=self.device)
+        micro = config.batch_size // config.grad_accum  # over all ranks; each takes its share
+        self.train_loader = TrainLoader(data.train.tokens, micro // self.world.size, config.seq_len, config.seed,
+                                        device=self.device, rank=self.world.rank, world_size=self.world.size)
         self.val_loader = ValLoader(data.val.tokens, micro, config.seq_len, max_batches=config.eval_batches,
                                     device=self.device)
-        self.logger = logger or NullLogger()
+        self.logger = (logger or NullLogger()) if self.world.is_main else NullLogger()
         self.run_config = run_config or {}
         self.metrics = MetricsFile(self.run_dir / "metrics.jsonl")
         self.step, self.best_val, self.skipped, self.tokens_seen = 0, math.inf, 0, 0
@@ -179,7 +216,7 @@ class Trainer:
         self.logger.start(self.run_dir, self.run_config, run_id=run_id)
         started, last_log = time.perf_counter(), (time.perf_counter(), self.step)
         bar = tqdm(total=self.config.max_steps, initial=self.step, desc="train", unit="step",
-                   disable=not self.config.progress, mininterval=1.0, dynamic_ncols=True)
+                   disable=not (self.config.progress and self.world.is_main), mininterval=1.0, dynamic_ncols=True)
         while self.step < self.config.max_steps:
             stats = self.train_step()
             self.step += 1
@@ -215,13 +252,15 @@ class Trainer:
         accum = self.config.grad_accum
         totals = torch.zeros(4, device=self.device)  # loss, ce, aux, z
         counts = None
-        for _ in range(accum):
+        for micro in range(accum):
             inputs, targets = self.train_loader.next_batch()
-            with self._autocast():
-                out = self.model.loss(inputs, targets)
+            with self._autocast(), grad_sync(self.loss_fn, micro == accum - 1):
+                out = self.loss_fn(inputs, targets)
             self.scaler.scale(out.loss / accum).backward()
             totals += torch.stack([out.loss.detach(), out.ce, out.aux_loss, out.z_loss]).float() / accum
             counts = out.expert_counts if counts is None else counts + out.expert_counts
+        mean_over_ranks_(totals)  # every rank reports (and judges finiteness by) the global values
+        sum_over_ranks_(counts)  # so every rank nudges its selection biases identically
         loss, ce, aux, z = totals.tolist()
         if not math.isfinite(loss):
             return self._non_finite(loss, counts, ce, aux, z)
@@ -243,7 +282,7 @@ class Trainer:
             log.warning("loss is %s at step %d: step skipped (%d so far)", loss, step, self.skipped)
             self.schedule.step()
             return StepStats(loss, ce, aux, z, math.nan, counts, skipped=True)
-        last = self.run_dir / "checkpoints" / "last.pt"
+        last = self.run_dir / "checkpoints" / ("last.pt" if self.config.parallel == "none" else "last")
         kept = f"the last good checkpoint is kept at {last}" if last.exists() else "no checkpoint was written"
         raise TrainingDiverged(f"loss is {loss} at step {step}; training stopped, {kept}")
 
@@ -252,14 +291,17 @@ class Trainer:
         """Validation loss, perplexity and bits per byte over the fixed validation windows."""
         self.model.eval()
         loss_sum, tokens = 0.0, 0
-        for inputs, targets in self.val_loader:
+        for inputs, targets, weight in val_batches(self.val_loader, self.world):  # this rank's share
             with self._autocast():
                 out = self.model.loss(inputs, targets)
-            loss_sum += out.ce.item() * targets.numel()
-            tokens += targets.numel()
+            loss_sum += out.ce.item() * targets.numel() * weight
+            tokens += targets.numel() * weight
+        loss_sum, tokens = sum_floats((loss_sum, tokens), self.device)
         loss = loss_sum / tokens
         num_bytes = tokens * self.data.val.num_bytes / len(self.data.val)  # bytes per token of this split
         result = {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "bpb": bits_per_byte(loss_sum, num_bytes)}
+        if not self.world.is_main:
+            return result
         record = {"step": self.step, "split": "val", **result, "tokens": self.tokens_seen}
         self.metrics.write(record)
         self.logger.log({f"val/{k}": v for k, v in result.items()}, step=self.step)
@@ -269,10 +311,12 @@ class Trainer:
 
     def _log_train(self, stats: StepStats, last_log: tuple[float, int], bar) -> tuple[float, int]:
         now = time.perf_counter()
+        if not self.world.is_main:
+            return now, self.step
         steps = self.step - last_log[1]
         tokens_per_s = steps * self.config.batch_size * self.config.seq_len / max(now - last_log[0], 1e-9)
         if self.peak is None:
-            self.peak = peak_flops(self.device, self.dtype or torch.float32)
+            self.peak = peak_flops(self.device, self.dtype or torch.float32) * self.world.size
         record = {
             "step": self.step, "split": "train", "loss": stats.ce, "total_loss": stats.loss,
             "aux_loss": stats.aux_loss, "z_loss": stats.z_loss, "grad_norm": stats.grad_norm,
@@ -290,20 +334,23 @@ class Trainer:
 
     # ----------------------------------------------------------- checkpoints
     def save(self, name: str) -> Path:
-        """Atomically write checkpoints/<name>.pt with everything needed to continue exactly."""
-        return save_checkpoint(
-            self.run_dir / "checkpoints" / f"{name}.pt", self.model,
-            optimizer=self.optimizer.state_dict(), schedule=self.schedule.state_dict(),
-            scaler=self.scaler.state_dict(), step=self.step, best_val=self.best_val,
-            skipped=self.skipped, tokens_seen=self.tokens_seen, rng=rng_state(),
+        """Atomically write checkpoints/<name>.pt (ddp/fsdp: the sharded checkpoints/<name>/)
+        with everything needed to continue exactly."""
+        state = dict(
+            schedule=self.schedule.state_dict(), scaler=self.scaler.state_dict(), step=self.step,
+            best_val=self.best_val, skipped=self.skipped, tokens_seen=self.tokens_seen, rng=rng_state(),
             data=self.train_loader.state_dict(), wandb_run_id=self.logger.run_id, run_config=self.run_config,
         )
+        folder = self.run_dir / "checkpoints"
+        if self.config.parallel != "none":
+            return save_sharded(folder / name, self.model, self.optimizer, state)
+        return save_checkpoint(folder / f"{name}.pt", self.model, optimizer=self.optimizer.state_dict(), **state)
 
     def _maybe_resume(self) -> str | None:
         source = self.config.resume
         if not source:
             return None
-        path = resume_checkpoint(source, self.run_dir)
+        path = resume_checkpoint(source, self.run_dir, sharded=self.config.parallel != "none")
         if path is None:
             log.info("trainer.resume=auto: no checkpoint in %s yet, starting fresh", self.run_dir)
             return None
@@ -312,13 +359,12 @@ class Trainer:
 
     def restore(self, path: Path) -> None:
         """Load model, optimizer, schedule, scaler, RNG and data position from a checkpoint."""
-        payload = read_checkpoint(path, map_location=self.device)
-        if payload["model_config"] != self.model.config.to_dict():
-            diff = {k: (v, payload["model_config"].get(k)) for k, v in self.model.config.to_dict().items()
-                    if payload["model_config"].get(k) != v}
-            raise CheckpointError(f"{path} was trained with another model config: (now, checkpoint) = {diff}")
-        self.model.load_state_dict(payload["model"])
-        self.optimizer.load_state_dict(payload["optimizer"])
+        payload = self._read_resumable(path)
+        if self.config.parallel != "none":
+            load_sharded(path, self.model, self.optimizer)
+        else:
+            self.model.load_state_dict(payload["model"])
+            self.optimizer.load_state_dict(payload["optimizer"])
         self.schedule.load_state_dict(payload["schedule"])
         self.scaler.load_state_dict(payload["scaler"])
         self.train_loader.load_state_dict(payload["data"])
@@ -326,8 +372,32 @@ class Trainer:
         self.step, self.best_val = payload["step"], payload["best_val"]
         self.skipped, self.tokens_seen = payload["skipped"], payload["tokens_seen"]
         self._run_id = payload.get("wandb_run_id")
-        self._carry_metrics(path)
+        if self.world.is_main:
+            self._carry_metrics(path)
         log.info("resumed from %s at step %d", path, self.step)
+
+    def _read_resumable(self, path: Path) -> dict[str, Any]:
+        """The checkpoint's payload (a sharded one's training state), checked to fit this run."""
+        sharded = self.config.parallel != "none"
+        if path.is_dir() and not sharded:
+            raise CheckpointError(
+                f"{path} is a sharded checkpoint (trainer.parallel=ddp or fsdp): resume it with "
+                "trainer.parallel=ddp or fsdp and as many processes, or take its weights with "
+                "`python -m gpt_oss.consolidate`"
+            )
+        if sharded and not path.is_dir():
+            raise CheckpointError(
+                f"{path} is a single-process checkpoint: trainer.parallel={self.config.parallel} resumes "
+                "sharded checkpoint directories (checkpoints/last/); resume it with trainer.parallel=none"
+            )
+        payload = read_trainer_state(path) if sharded else read_checkpoint(path, map_location=self.device)
+        if "optimizer" not in payload and not sharded:
+            raise CheckpointError(f"{path} holds weights only (consolidated): it cannot resume training")
+        if payload["model_config"] != self.model.config.to_dict():
+            diff = {k: (v, payload["model_config"].get(k)) for k, v in self.model.config.to_dict().items()
+                    if payload["model_config"].get(k) != v}
+            raise CheckpointError(f"{path} was trained with another model config: (now, checkpoint) = {diff}")
+        return payload
 
     def _carry_metrics(self, checkpoint: Path) -> None:
         """The metrics history up to the checkpoint's step, wherever this run writes."""
@@ -355,6 +425,7 @@ class Trainer:
             "skipped_steps": self.skipped,
             "run_dir": str(self.run_dir),
             "checkpoints": str(self.run_dir / "checkpoints"),
+            "sharded_checkpoints": self.config.parallel != "none",  # last/ and best/ directories
             "plot": str(self.run_dir / "loss.png"),
         }
 
@@ -365,21 +436,31 @@ def expert_load(counts: torch.Tensor) -> list[list[float]]:
     return (counts / counts.sum(dim=1, keepdim=True).clamp(min=1)).tolist()
 
 
-def resume_checkpoint(source: str, run_dir: Path) -> Path | None:
-    """The checkpoint to resume from: a file, a run dir's last.pt, or 'auto' for this run dir."""
+def resume_checkpoint(source: str, run_dir: Path, sharded: bool = False) -> Path | None:
+    """The checkpoint to resume from: a file, a run dir's last.pt, or 'auto' for this run dir.
+    sharded (ddp/fsdp runs): checkpoint directories, a run dir's checkpoints/last/."""
     if source == "auto":
-        candidate = run_dir / "checkpoints" / "last.pt"
-        return candidate if candidate.exists() else None
+        return _last_checkpoint(run_dir / "checkpoints", sharded)
     path = Path(source)
     if path.is_file():
         return path
-    for candidate in (path / "checkpoints" / "last.pt", path / "last.pt"):
-        if candidate.is_file():
-            return candidate
+    if found := sharded_checkpoint(path):
+        return found
+    for folder in (path / "checkpoints", path):
+        if found := _last_checkpoint(folder, sharded):
+            return found
+    last = "checkpoints/last/" if sharded else "checkpoints/last.pt"
     raise CheckpointError(
-        f"trainer.resume={source!r}: no checkpoint there; give a run directory with "
-        "checkpoints/last.pt, a .pt file, or 'auto'"
+        f"trainer.resume={source!r}: no checkpoint there; give a run directory with {last}, "
+        "a checkpoint, or 'auto'"
     )
+
+
+def _last_checkpoint(folder: Path, sharded: bool) -> Path | None:
+    if sharded:
+        return sharded_checkpoint(folder / "last")
+    candidate = folder / "last.pt"
+    return candidate if candidate.is_file() else None
 
 
 def format_summary(summary: dict[str, Any]) -> str:
@@ -394,7 +475,7 @@ def format_summary(summary: dict[str, Any]) -> str:
         f" ({summary['final_val_bpb']:.4f} bits/byte); final train loss {summary['final_train_loss']:.4f}",
         f"  skipped steps: {summary['skipped_steps']}",
         f"  run dir:     {summary['run_dir']}",
-        f"  checkpoints: {summary['checkpoints']}/{{last,best}}.pt",
+        f"  checkpoints: {summary['checkpoints']}/{{last,best}}{'/' if summary.get('sharded_checkpoints') else '.pt'}",
         f"  loss plot:   {summary['plot']}",
         "=" * 64,
     ])

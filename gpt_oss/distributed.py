@@ -1,0 +1,449 @@
+"""Training on several processes: joining them, wrapping the model (DDP or FSDP2), activation
+checkpointing, rank-sharded evaluation, and sharded checkpoints (torch.distributed.checkpoint)
+with their consolidation into one file.
+
+Processes come from torchrun (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT) or from
+SLURM (SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID, the first host of SLURM_JOB_NODELIST), one per
+GPU; rank r trains on cuda:LOCAL_RANK with NCCL, or on the CPU with gloo. With
+`trainer.parallel=none` nothing here does anything, so single-process runs are unchanged.
+
+A sharded checkpoint is a directory (`checkpoints/last/`): DCP's files (every rank writes its
+shards, `.metadata` names them) plus `trainer.pt`, rank 0's training state in our checkpoint
+format (step, schedule, RNG, data position, ...). It is written under `last.tmp/` and renamed
+into place, so a run killed mid-save keeps its previous checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import inspect
+import math
+import os
+import re
+import shutil
+import warnings
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from gpt_oss.checkpoint import FORMAT, atomic_save, read_checkpoint
+from gpt_oss.config import ConfigError, ModelConfig
+from gpt_oss.hf import CheckpointError, build_with_state
+from gpt_oss.model import GptOss, LossOutput, yarn_inverse_frequencies
+
+if TYPE_CHECKING:
+    from gpt_oss.data import DataConfig, PreparedData, ValLoader
+
+PARALLEL_MODES = ("none", "ddp", "fsdp")
+TRAINER_STATE = "trainer.pt"  # rank 0's non-tensor training state inside a sharded checkpoint
+DATA_WAIT = timedelta(hours=4)  # how long ranks > 0 wait for rank 0 to download and tokenize
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], LossOutput]
+
+
+# ----------------------------------------------------------------------------------------------
+# Who am I: launch environment, process group, device
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place among the training processes."""
+
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0  # index of this process on its node: its GPU
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0 alone writes the run directory, logs and shows progress."""
+        return self.rank == 0
+
+
+def first_host(nodelist: str) -> str:
+    """The first host of a SLURM nodelist: "gpu[003-004,7],cpu1" -> "gpu003"."""
+    match = re.match(r"([^,\[]+)(?:\[([^\],\-]+))?", nodelist.strip())
+    if match is None:
+        raise ConfigError(f"cannot read the SLURM nodelist {nodelist!r}")
+    return match.group(1) + (match.group(2) or "")
+
+
+def slurm_launch(environ: Mapping[str, str]) -> dict[str, str]:
+    """torchrun's variables from SLURM's, for a step of several tasks (srun, submitit); else {}."""
+    if "SLURM_PROCID" not in environ or int(environ.get("SLURM_NTASKS", "1")) <= 1:
+        return {}
+    nodelist = environ.get("SLURM_JOB_NODELIST") or environ.get("SLURM_NODELIST", "127.0.0.1")
+    job_id = int(environ.get("SLURM_JOB_ID", "0"))
+    return {
+        "RANK": environ["SLURM_PROCID"],
+        "WORLD_SIZE": environ["SLURM_NTASKS"],
+        "LOCAL_RANK": environ.get("SLURM_LOCALID", "0"),
+        "MASTER_ADDR": environ.get("MASTER_ADDR") or first_host(nodelist),
+        # one port per job, so two jobs sharing a node do not meet at the same address
+        "MASTER_PORT": environ.get("MASTER_PORT") or str(20000 + job_id % 20000),
+    }
+
+
+def launch_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT: torchrun's when it started this
+    process, else derived from SLURM's; {} for a process started alone."""
+    environ = os.environ if environ is None else environ
+    if "RANK" in environ and "WORLD_SIZE" in environ:
+        keys = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+        return {key: environ[key] for key in keys if key in environ}
+    return slurm_launch(environ)
+
+
+def launch_world(environ: Mapping[str, str] | None = None) -> World:
+    """The World the launcher asked for, read before any process group exists."""
+    env = launch_env(environ)
+    if not env:
+        return World()
+    return World(int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", "0")))
+
+
+def current_world() -> World:
+    """The World of the initialised process group (a single process when there is none)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return World()
+    return World(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def rank_device(device: torch.device, world: World) -> torch.device:
+    """cuda means this rank's GPU, cuda:LOCAL_RANK; an explicit index or the CPU is kept."""
+    if device.type == "cuda" and device.index is None and world.size > 1:
+        return torch.device("cuda", world.local_rank)
+    return device
+
+
+@contextlib.contextmanager
+def process_group(parallel: str, device: torch.device) -> Iterator[World]:
+    """Join the training processes for ddp/fsdp (NCCL on CUDA, gloo on the CPU) and leave at the
+    end; a process started alone forms a group of one. parallel=none joins nothing."""
+    if parallel == "none" or dist.is_initialized():  # none, or the caller already joined
+        yield current_world()
+        return
+    env = launch_env()
+    world = launch_world()
+    device = rank_device(device, world)
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if env:
+        os.environ.update(env)  # SLURM's values in torchrun's names, read by init (env://)
+        dist.init_process_group(
+            backend,
+            rank=world.rank,
+            world_size=world.size,
+            device_id=device if device.type == "cuda" else None,
+        )
+    else:  # alone: an in-memory store, no port to pick
+        dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        yield world
+    finally:
+        dist.destroy_process_group()
+
+
+def distributed() -> bool:
+    """True inside a process group (also a group of one)."""
+    return dist.is_available() and dist.is_initialized()
+
+
+def broadcast_object(value: Any, group: Any = None) -> Any:
+    """Rank 0's value on every rank (itself when there is no process group)."""
+    if not distributed():
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0, group=group)
+    return box[0]
+
+
+def mean_over_ranks_(tensor: torch.Tensor) -> torch.Tensor:
+    """In place: the mean over ranks (SUM, then divide: gloo has no AVG)."""
+    if distributed() and dist.get_world_size() > 1:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        tensor /= dist.get_world_size()
+    return tensor
+
+
+def sum_over_ranks_(tensor: torch.Tensor) -> torch.Tensor:
+    """In place: the sum over ranks."""
+    if distributed() and dist.get_world_size() > 1:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def sum_floats(values: tuple[float, ...], device: torch.device) -> tuple[float, ...]:
+    """Python numbers summed over ranks in float64 (returned unchanged in one process)."""
+    if not distributed() or dist.get_world_size() == 1:
+        return values
+    return tuple(sum_over_ranks_(torch.tensor(values, dtype=torch.float64, device=device)).tolist())
+
+
+# ----------------------------------------------------------------------------------------------
+# Data: rank 0 prepares, the others open the same files
+
+
+def prepare_data(config: DataConfig, world: World) -> PreparedData:
+    """Rank 0 prepares the data (it alone may reach the hub or fall back to the synthetic corpus);
+    the other ranks then open the very token files it chose, so every rank trains on the same."""
+    from gpt_oss.data import prepare
+
+    if world.size == 1:
+        return prepare(config)
+    # A group of its own with a long timeout: tokenizing may outlast NCCL's ten minutes.
+    wait = dist.new_group(backend="gloo", timeout=DATA_WAIT)
+    prepared = prepare(config) if world.is_main else None
+    recipe = broadcast_object(_recipe(prepared) if world.is_main else None, group=wait)
+    dist.destroy_process_group(wait)
+    return prepared if world.is_main else _open_recipe(recipe, world.rank)
+
+
+def _recipe(prepared: PreparedData) -> dict[str, Any]:
+    fields = {f.name: getattr(prepared, f.name) for f in dataclasses.fields(prepared)}
+    for split in ("train", "val"):
+        token_file = fields.pop(split)
+        fields[split] = (str(token_file.path), token_file.metadata["sha256"])
+    return fields
+
+
+def _open_recipe(recipe: dict[str, Any], rank: int) -> PreparedData:
+    from gpt_oss.data import DataError, PreparedData, TokenFile
+
+    files = {}
+    for split in ("train", "val"):
+        path, sha256 = recipe.pop(split)
+        if not Path(path).with_suffix(".json").is_file():
+            raise DataError(
+                f"rank {rank} cannot see {path}, prepared by rank 0: put data.cache_dir on a "
+                "filesystem every node shares, or run `python -m gpt_oss.data` on every node first"
+            )
+        files[split] = TokenFile.open(path, verify_checksum="never")  # rank 0 checked it
+        if files[split].metadata["sha256"] != sha256:
+            raise DataError(f"rank {rank} sees a different {path} than rank 0 (sha256 differs)")
+    return PreparedData(**files, **recipe)
+
+
+def val_batches(
+    loader: ValLoader, world: World
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
+    """(inputs, targets, weight): rank r's slice of each of the loader's batches, so the ranks
+    together score exactly the windows one process scores. A rank whose slice of the last batch
+    is empty scores a window with weight 0: every rank runs every forward (FSDP all-gathers)."""
+    from gpt_oss.data import windows_to_batch
+
+    per_rank = math.ceil(loader.batch_size / world.size)
+    for first in range(0, len(loader.window_starts), loader.batch_size):
+        batch = loader.window_starts[first : first + loader.batch_size]
+        starts = batch[world.rank * per_rank : (world.rank + 1) * per_rank]
+        weight = 1 if len(starts) else 0
+        inputs, targets = windows_to_batch(
+            loader.tokens, starts if weight else batch[:1], loader.seq_len, loader.device
+        )
+        yield inputs, targets, weight
+
+
+# ----------------------------------------------------------------------------------------------
+# The model: placement, activation checkpointing, DDP / FSDP2
+
+
+def build_model(config: ModelConfig, meta: bool = False) -> GptOss:
+    """The model, initialised on the CPU; on the meta device (no memory) for FSDP's meta_init."""
+    if not meta:
+        return GptOss(config)
+    with torch.device("meta"):
+        return GptOss(config)
+
+
+def place_model(model: GptOss, device: torch.device, parallel: str) -> GptOss:
+    """The model on its device; FSDP moves it itself, one block at a time, after sharding."""
+    return model if parallel == "fsdp" else model.to(device)
+
+
+def checkpoint_blocks(model: GptOss) -> None:
+    """Activation checkpointing: each block keeps only its input for backward and recomputes
+    the rest (torch.utils.checkpoint, non-reentrant). Names and weights are unchanged."""
+    for block in model.layers:
+        block.forward = _recomputed(block.forward)
+
+
+def _recomputed(forward: Callable) -> Callable:
+    @functools.wraps(forward)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        if not torch.is_grad_enabled():  # evaluation and generation store nothing anyway
+            return forward(*args, **kwargs)
+        return checkpoint(forward, *args, use_reentrant=False, **kwargs)
+
+    return run
+
+
+class LossForward(nn.Module):
+    """model.loss as a forward(), so DDP sees the training forward pass (it hooks forward only)."""
+
+    def __init__(self, model: GptOss):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, targets: torch.Tensor) -> LossOutput:
+        return self.model.loss(input_ids, targets)
+
+
+def parallelize(model: GptOss, parallel: str, device: torch.device) -> LossFn:
+    """Wrap the model for data parallelism; returns the training loss function to call.
+
+    none: model.loss. ddp: DistributedDataParallel around it (gradients all-reduced). fsdp:
+    FSDP2 fully_shard per block, for the input embedding and for the rest (parameters, grads
+    and optimizer state sharded); `model` itself becomes the sharded model.
+    """
+    if parallel == "none":
+        return model.loss
+    if parallel == "ddp":
+        ids = [device.index] if device.type == "cuda" else None
+        return nn.parallel.DistributedDataParallel(
+            LossForward(model), device_ids=ids, **_no_buffer_sync()
+        )
+    shard_model(model, device)
+    return model.loss
+
+
+def _no_buffer_sync() -> dict[str, bool]:
+    """No buffer broadcast at each forward: the selection biases change identically on every
+    rank (their counts are all-reduced). torch 2.13 renamed the argument."""
+    parameters = inspect.signature(nn.parallel.DistributedDataParallel).parameters
+    return {
+        "forward_sync_buffers"
+        if "forward_sync_buffers" in parameters
+        else "broadcast_buffers": False
+    }
+
+
+def shard_model(model: GptOss, device: torch.device) -> None:
+    """FSDP2: one unit per block, one for the input embedding (unless tied to the head), and
+    the root (head, final norm). A model built on the meta device is initialised here, shards
+    only."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
+
+    mesh = init_device_mesh(device.type, (dist.get_world_size(),))
+    for block in model.layers:
+        fully_shard(block, mesh=mesh)
+    if not model.config.tie_embeddings:
+        fully_shard(model.embed_tokens, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    register_fsdp_forward_method(model, "loss")  # the trainer calls loss(), not forward()
+    if any(p.is_meta for p in model.parameters()):
+        initialize_sharded(model, device)
+
+
+@torch.no_grad()
+def initialize_sharded(model: GptOss, device: torch.device) -> None:
+    """Allocate a meta-built, sharded model on `device` and initialise it like GptOss does."""
+    model.to_empty(device=device)
+    model.reset_parameters()  # on DTensors: each rank draws its own shards
+    model.rotary.inv_freq = yarn_inverse_frequencies(model.config).to(device)
+    for block in model.layers:
+        block.mlp.router.selection_bias.zero_()
+
+
+def grad_sync(loss_fn: LossFn, enabled: bool) -> contextlib.AbstractContextManager:
+    """DDP: skip the all-reduce on all but the last micro-batch (no_sync). FSDP reduce-scatters
+    every micro-batch: holding unsharded gradients instead would cost a full model's worth."""
+    if enabled or not isinstance(loss_fn, nn.parallel.DistributedDataParallel):
+        return contextlib.nullcontext()
+    return loss_fn.no_sync()
+
+
+# ----------------------------------------------------------------------------------------------
+# Sharded checkpoints
+
+
+def save_sharded(
+    directory: Path, model: GptOss, optimizer: torch.optim.Optimizer, state: dict[str, Any]
+) -> Path:
+    """Every rank writes its shards of model and optimizer (DCP); rank 0 adds the training
+    state, then renames the finished checkpoint over the previous one. Collective."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    directory = Path(directory)
+    partial = directory.with_name(f"{directory.name}.tmp")
+    if dist.get_rank() == 0:
+        shutil.rmtree(partial, ignore_errors=True)
+    dist.barrier()
+    model_state, optimizer_state = get_state_dict(model, optimizer)
+    dcp.save({"model": model_state, "optimizer": optimizer_state}, checkpoint_id=partial)
+    if dist.get_rank() == 0:
+        payload = {"format": FORMAT, "model_config": model.config.to_dict(), **state}
+        atomic_save(payload, partial / TRAINER_STATE)
+        _replace_directory(partial, directory)
+    dist.barrier()
+    return directory
+
+
+def _replace_directory(new: Path, target: Path) -> None:
+    """new -> target; the old target lives on as target.old until the rename is done."""
+    old = target.with_name(f"{target.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if target.exists():
+        os.replace(target, old)
+    os.replace(new, target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def sharded_checkpoint(path: Path) -> Path | None:
+    """The complete sharded checkpoint at `path` (or its .old twin, when a save was cut off
+    between its two renames); None when there is none."""
+    path = Path(path)
+    for candidate in (path, path.with_name(f"{path.name}.old")):
+        if (candidate / TRAINER_STATE).is_file():
+            return candidate
+    return None
+
+
+def read_trainer_state(directory: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """The training state (step, schedule, RNG, data position, model config) of a checkpoint."""
+    return read_checkpoint(Path(directory) / TRAINER_STATE, map_location=map_location)
+
+
+def load_sharded(directory: Path, model: GptOss, optimizer: torch.optim.Optimizer) -> None:
+    """Load model and optimizer shards in place, whatever the number of ranks that saved them."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    model_state, optimizer_state = get_state_dict(model, optimizer)
+    state = {"model": model_state, "optimizer": optimizer_state}
+    dcp.load(state, checkpoint_id=directory)
+    set_state_dict(
+        model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"]
+    )
+
+
+def consolidate(directory: Path, dtype: torch.dtype | None = None) -> tuple[GptOss, dict[str, Any]]:
+    """One process, no process group: the whole model of a sharded checkpoint (on the CPU),
+    and its training state."""
+    import torch.distributed.checkpoint as dcp
+
+    found = sharded_checkpoint(directory)
+    if found is None:
+        raise CheckpointError(f"{directory} is not a sharded checkpoint: it has no {TRAINER_STATE}")
+    state = read_trainer_state(found)
+    config = ModelConfig.from_dict(state["model_config"])
+    with torch.device("meta"):
+        shapes = GptOss(config).state_dict()
+    tensors = {
+        name: torch.empty(t.shape, dtype=dtype if dtype and t.is_floating_point() else t.dtype)
+        for name, t in shapes.items()
+    }
+    with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        dcp.load({"model": tensors}, checkpoint_id=found, no_dist=not distributed())
+    return build_with_state(config, tensors, "cpu").eval(), state
