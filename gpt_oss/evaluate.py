@@ -161,8 +161,7 @@ def summed_cross_entropy(
     hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor
 ) -> float:
     """Sum over targets (IGNORE_INDEX skipped) of -log softmax(hidden @ weight.T), the float32
-    logits formed LOSS_CHUNK_TOKENS rows at a time. (losses.linear_cross_entropy also forms
-    gradients whenever the weight requires grad, even under inference_mode: 3x the work.)"""
+    logits formed LOSS_CHUNK_TOKENS rows at a time: a sum, not a mean, so nothing is rescaled."""
     total = 0.0
     for start in range(0, hidden.shape[0], LOSS_CHUNK_TOKENS):
         logits = F.linear(hidden[start : start + LOSS_CHUNK_TOKENS], weight).float()  # (chunk, V)

@@ -86,8 +86,8 @@ def load_for_inference(
 ) -> tuple[GptOss, dict[str, Any]]:
     """(model in eval mode, the run config stored with it or {}).
 
-    A Hugging Face directory loads straight onto the device, dequantizing MXFP4 experts one
-    tensor at a time into dtype. Our checkpoints are read on the CPU, so their optimizer state
+    A Hugging Face directory loads onto the device in dtype, MXFP4 experts dequantized there
+    tensor by tensor (gpt_oss.hf). Our checkpoints are read on the CPU, so their optimizer state
     never reaches the GPU, and only the weights move.
     """
     path = Path(path)
