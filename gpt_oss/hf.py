@@ -147,25 +147,52 @@ def _safetensor_files(directory: Path) -> list[Path]:
 
 
 def read_hf_state_dict(directory: Path, dtype: torch.dtype, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
-    """All tensors of a Hugging Face GptOss directory under our names, MXFP4 dequantized."""
-    raw: dict[str, torch.Tensor] = {}
+    """All tensors of a Hugging Face GptOss directory under our names, MXFP4 dequantized.
+
+    Tensors are read one at a time (safetensors memory-maps the shards) and go straight to
+    `device` in `dtype`, so host memory holds about one tensor, not the whole checkpoint
+    (13 GB for gpt-oss-20b); experts dequantize a few at a time to bound the temporaries.
+    """
+    files = {}
     for path in _safetensor_files(directory):
         with safe_open(str(path), framework="pt", device="cpu") as f:
-            raw |= {key: f.get_tensor(key) for key in f.keys()}
+            files |= dict.fromkeys(f.keys(), path)
     state = {}
-    for key, tensor in raw.items():
+    for key in files:
         name = key.removeprefix("model.")
         if name.endswith("_scales"):
             continue
         if name.endswith("_blocks"):
             scales_key = key.removesuffix("_blocks") + "_scales"
-            if scales_key not in raw:
+            if scales_key not in files:
                 raise CheckpointError(f"{key} has no matching {scales_key}")
-            dense = dequantize_mxfp4(raw[key].to(device), raw[scales_key].to(device), dtype)  # (E, rows, cols)
-            state[name.removesuffix("_blocks")] = dense.transpose(1, 2).contiguous()  # (E, cols, rows)
+            blocks, scales = _read(files[key], key), _read(files[scales_key], scales_key)
+            state[name.removesuffix("_blocks")] = _dequantize_experts(blocks, scales, dtype, device)
         else:
+            tensor = _read(files[key], key)
             state[name] = tensor.to(device=device, dtype=dtype if tensor.is_floating_point() else tensor.dtype)
     return state
+
+
+def _read(path: Path, key: str) -> torch.Tensor:
+    with safe_open(str(path), framework="pt", device="cpu") as f:
+        return f.get_tensor(key)
+
+
+def _dequantize_experts(
+    blocks: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype, device, experts_per_chunk: int = 4
+) -> torch.Tensor:
+    """(E, rows, G, 16) codes -> dense (E, G * 32, rows) in our layout, a few experts at a time
+    (the dequantization temporaries take 16 bytes per value)."""
+    if blocks.shape[:-1] != scales.shape:
+        raise CheckpointError(f"MXFP4 blocks {tuple(blocks.shape)} do not match scales {tuple(scales.shape)}")
+    experts, rows, groups = scales.shape
+    out = torch.empty(experts, groups * 32, rows, dtype=dtype, device=device)
+    for start in range(0, experts, experts_per_chunk):
+        chunk = slice(start, start + experts_per_chunk)
+        dense = dequantize_mxfp4(blocks[chunk].to(device), scales[chunk].to(device), dtype)  # (e, rows, cols)
+        out[chunk] = dense.transpose(1, 2)
+    return out
 
 
 def import_hf(
