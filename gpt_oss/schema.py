@@ -9,13 +9,15 @@ logger are open dicts because their keys depend on the chosen target.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, make_dataclass
+from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, Container, OmegaConf
 
-from gpt_oss.config import ModelConfig
+from gpt_oss.config import ConfigError, ModelConfig, layer_pattern
 from gpt_oss.data import DataConfig
+from gpt_oss.gpu_pool import gpu_count
 from gpt_oss.trainer import TrainerConfig
 
 
@@ -52,3 +54,29 @@ class RunConfig:
 def register() -> None:
     """Register the root schema under the name conf/config.yaml lists first."""
     ConfigStore.instance().store(name="run_schema", node=RunConfig)
+
+
+def layers_resolver(name: str, num_layers: int | None = None, *, _parent_: Container) -> list[str]:
+    """`${layers:NAME}`: gpt_oss.config.layer_pattern NAME for the enclosing model's
+    num_hidden_layers (`${layers:NAME,N}` for N layers), so a sweep names patterns, not lists:
+    `model.layer_types='${layers:all_full}','${layers:one_in_four}'`. A config file that merges
+    it onto a null layer_types must set num_hidden_layers too: OmegaConf resolves it there."""
+    if num_layers is None:
+        num_layers = _parent_.get("num_hidden_layers") if OmegaConf.is_dict(_parent_) else None
+        if num_layers is None:
+            raise ConfigError(
+                f"${{layers:{name}}} needs num_hidden_layers beside it; write ${{layers:{name},N}}"
+            )
+    return layer_pattern(str(name), int(num_layers))
+
+
+def repo_dir() -> str:
+    """`${repo_dir:}`: the source checkout (conf/, experiments/), wherever the command runs."""
+    return str(Path(__file__).resolve().parents[1])
+
+
+# At import, not in register(): multirun workers compose configs (hydra.searchpath, sweeps) in
+# fresh processes that import this module when they unpickle the config store.
+OmegaConf.register_new_resolver("layers", layers_resolver, replace=True)
+OmegaConf.register_new_resolver("repo_dir", repo_dir, replace=True)
+OmegaConf.register_new_resolver("gpu_count", gpu_count, replace=True)  # hydra/launcher=gpu_pool
