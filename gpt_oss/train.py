@@ -21,6 +21,7 @@ from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import InterpolationResolutionError
 
 from gpt_oss import distributed, schema
 from gpt_oss.config import ConfigError, ModelConfig
@@ -79,7 +80,8 @@ def job_identity(cfg: DictConfig) -> tuple[str | None, str | None]:
     hc = HydraConfig.get()
     overrides = hc.job.override_dirname or None
     if hc.mode == RunMode.MULTIRUN:
-        return f"{cfg.name}-{Path(hc.sweep.dir).name}", overrides or f"job{hc.job.num}"
+        sweep = Path(hc.sweep.dir)  # outputs/multirun/<date>/<time>: both parts, unique per sweep
+        return f"{cfg.name}-{sweep.parent.name}-{sweep.name}", overrides or f"job{hc.job.num}"
     return None, overrides
 
 
@@ -187,7 +189,7 @@ def main(cfg: DictConfig) -> float:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
         summary = run(cfg, run_dir)
-    except (ConfigError, CheckpointError, _data_error()) as error:
+    except (ConfigError, CheckpointError, InterpolationResolutionError, _data_error()) as error:
         log.error("%s: %s", type(error).__name__, error)
         raise SystemExit(2) from error
     return summary["best_val_loss"]  # what a sweeper (e.g. Optuna) minimises

@@ -204,7 +204,7 @@ def test_sweep_jobs_share_one_wandb_group_and_are_named_by_their_overrides():
         group, name = job_identity(cfg)
     finally:
         HydraConfig.instance().cfg = None
-    assert group == "gpt-oss-10-00-00"
+    assert group == "gpt-oss-2026-11-25-10-00-00"  # date and time: unique per sweep
     assert name == "model.num_experts=8,model=tiny"  # trainer.device is excluded from names
 
 
