@@ -54,7 +54,9 @@ def attention_sdpa(
 
     The sink becomes key 0 with a zero value; one extra feature carries its logit: queries get
     sinks[h] / scale there, the sink key 1 and every real key 0, so the sink's logit is exactly
-    sinks[h] and real logits are unchanged. Features are zero-padded to a multiple of 8.
+    sinks[h] and real logits are unchanged. Features are zero-padded to a multiple of 8, the
+    values' too: with equal widths the fused kernels run (on the CPU, unequal widths fall back
+    to the math path, which materialises every score).
     """
     batch, q_heads, _, head_dim = q.shape
     kv_heads, keys = k.shape[1], k.shape[2]
@@ -66,9 +68,12 @@ def attention_sdpa(
     sink_key[..., head_dim] = 1.0
     k = torch.cat([k, k.new_zeros(batch, kv_heads, keys, extra)], dim=-1)
     k = torch.cat([sink_key, k], dim=2)  # (B, Hkv, S + 1, P)
-    v = torch.cat([v.new_zeros(batch, kv_heads, 1, head_dim), v], dim=2)  # (B, Hkv, S + 1, D)
+    v = torch.cat([v, v.new_zeros(batch, kv_heads, keys, extra)], dim=-1)
+    v = torch.cat([v.new_zeros(batch, kv_heads, 1, padded), v], dim=2)  # (B, Hkv, S + 1, P)
     mask = torch.cat([mask.new_ones(*mask.shape[:-1], 1), mask], dim=-1)  # sink always visible
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=kv_heads != q_heads)
+    gqa = kv_heads != q_heads
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=gqa)
+    return out[..., :head_dim]  # (B, Hq, T, D): the padding features of the output are zero
 
 
 @functools.lru_cache(maxsize=32)

@@ -39,6 +39,7 @@ from gpt_oss.hf import CheckpointError
 from gpt_oss.metrics import bits_per_byte, flops_per_token, peak_flops
 from gpt_oss.model import GptOss
 from gpt_oss.plots import plot_losses
+from gpt_oss.runtime import keep_freed_memory
 from gpt_oss.tracking import MetricsFile, NullLogger, read_metrics
 
 log = logging.getLogger(__name__)
@@ -270,6 +271,8 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
+        if self.device.type == "cpu":  # once the optimizer state exists: see gpt_oss/runtime.py
+            keep_freed_memory()
         self.schedule.step()
         self.model.update_selection_bias(counts)
         return StepStats(loss, ce, aux, z, grad_norm, counts)

@@ -7,9 +7,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from gpt_oss import losses, moe
 from gpt_oss.attention import attention_eager, attention_flex, attention_mask, attention_sdpa
 from gpt_oss.config import ModelConfig
-from gpt_oss.losses import IGNORE_INDEX, linear_cross_entropy
+from gpt_oss.losses import IGNORE_INDEX, defers_weight_grad, linear_cross_entropy
 from gpt_oss.moe import Experts, Routing
 
 pytestmark = [
@@ -86,6 +87,20 @@ def test_sdpa_matches_eager_with_left_padding_and_a_cache_offset():
         assert_close(got, want, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_sdpa_runs_a_fused_kernel_not_the_score_matrix(dtype):
+    """The sink key keeps SDPA on a fused kernel (flash on the CPU), forward and backward: the
+    math fallback would materialise every (query, key) score."""
+    inputs = attention_inputs(4, 2, time=150)
+    q, k, v, sinks = (t.detach().to(dtype).requires_grad_() for t in inputs)
+    index = torch.arange(150)
+    with torch.profiler.profile() as profile:
+        attention_sdpa(q, k, v, sinks, attention_mask(index, index, 5), SCALE).sum().backward()
+    kernels = {event.key for event in profile.key_averages() if "scaled_dot_product" in event.key}
+    assert not any("math" in name for name in kernels), kernels
+    assert any("flash" in name or "efficient" in name for name in kernels), kernels
+
+
 @pytest.mark.parametrize("window", [None, 128, 5])
 @pytest.mark.parametrize("q_heads,kv_heads", [(4, 4), (4, 1)])
 def test_flex_matches_eager_values_and_sink_grads(window, q_heads, kv_heads):
@@ -148,8 +163,11 @@ def experts_and_routing(hidden: int, seed: int = 0):
     return experts, x, Routing(logits, chosen_experts, weights)
 
 
+# group multiple 32: the CPU's padded groups; 1: no padding (as on a GPU); 5: ragged padding
+@pytest.mark.parametrize("group_multiple", [32, 1, 5])
 @pytest.mark.parametrize("hidden", [32, 30])  # 30: rows not 16-byte aligned for _grouped_mm
-def test_grouped_experts_match_loop_values_and_grads(hidden):
+def test_grouped_experts_match_loop_values_and_grads(hidden, group_multiple, monkeypatch):
+    monkeypatch.setattr(moe, "CPU_GROUP_MULTIPLE", group_multiple)
     experts, x, routing = experts_and_routing(hidden)
     tensors = (x, routing.weights, *experts.parameters())
     outputs = {}
@@ -188,9 +206,20 @@ def cross_entropy_inputs(tokens: int = 30, hidden: int = 16, vocab: int = 50):
     return hidden_states, weight, targets
 
 
+# hidden 16: the weight gradient accumulates chunk by chunk; 64: 30 tokens' logit gradient is
+# smaller than a float32 weight gradient, so it is kept and multiplied out once in backward.
+@pytest.mark.parametrize("softmax_rows", [None, 3])  # 3: float32 softmax 3 rows at a time
+@pytest.mark.parametrize("vocab_block", [16384, 16])  # 16: the weight in 4 blocks, the last short
+@pytest.mark.parametrize("hidden_size", [16, 64])
 @pytest.mark.parametrize("chunk_tokens", [1, 7, 16, 30, 1000])  # 7, 16 do not divide 30
-def test_chunked_cross_entropy_matches_whole_values_and_grads(chunk_tokens):
-    hidden, weight, targets = cross_entropy_inputs()
+def test_chunked_cross_entropy_matches_whole_values_and_grads(
+    chunk_tokens, hidden_size, vocab_block, softmax_rows, monkeypatch
+):
+    monkeypatch.setattr(losses, "VOCAB_BLOCK", vocab_block)
+    if softmax_rows is not None:
+        monkeypatch.setattr(losses, "SOFTMAX_BYTES", {"cpu": softmax_rows * 4 * 50, "other": 0})
+    assert defers_weight_grad(30, 50, hidden_size, torch.float32) == (hidden_size == 64)
+    hidden, weight, targets = cross_entropy_inputs(hidden=hidden_size)
     expected = linear_cross_entropy(hidden, weight, targets, 0)
     expected_grads = torch.autograd.grad(expected, (hidden, weight))
     actual = linear_cross_entropy(hidden, weight, targets, chunk_tokens)
@@ -202,8 +231,9 @@ def test_chunked_cross_entropy_matches_whole_values_and_grads(chunk_tokens):
     assert actual_grads[0][[0, 7, 8, 29]].abs().max() == 0
 
 
-def test_chunked_cross_entropy_scales_with_the_upstream_gradient():
-    hidden, weight, targets = cross_entropy_inputs()
+@pytest.mark.parametrize("hidden_size", [16, 64])
+def test_chunked_cross_entropy_scales_with_the_upstream_gradient(hidden_size):
+    hidden, weight, targets = cross_entropy_inputs(hidden=hidden_size)
     (expected,) = torch.autograd.grad(
         3.0 * linear_cross_entropy(hidden, weight, targets, 0), weight
     )
@@ -211,8 +241,11 @@ def test_chunked_cross_entropy_scales_with_the_upstream_gradient():
     assert_close(actual, expected)
 
 
-def test_chunked_cross_entropy_matches_whole_under_bf16_autocast():
-    hidden, weight, targets = cross_entropy_inputs(tokens=64, hidden=32, vocab=300)
+@pytest.mark.parametrize("hidden_size", [16, 64])  # accumulated / deferred weight gradient
+def test_chunked_cross_entropy_matches_whole_under_bf16_autocast(hidden_size, monkeypatch):
+    monkeypatch.setattr(losses, "VOCAB_BLOCK", 64)
+    assert defers_weight_grad(64, 300, hidden_size, torch.bfloat16) == (hidden_size == 64)
+    hidden, weight, targets = cross_entropy_inputs(tokens=64, hidden=hidden_size, vocab=300)
     results = []
     for chunk_tokens in (0, 24):
         with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -227,6 +260,15 @@ def test_chunked_cross_entropy_matches_whole_under_bf16_autocast():
         assert_close(got, want, rtol=5e-2, atol=5e-3)
     float32_loss = linear_cross_entropy(hidden, weight, targets, 0)
     assert_close(actual, float32_loss, rtol=2e-2, atol=2e-2)  # bf16 is near, not equal
+
+
+def test_chunked_cross_entropy_without_grad_mode_gives_the_same_loss():
+    hidden, weight, targets = cross_entropy_inputs()
+    expected = linear_cross_entropy(hidden, weight, targets, 7)
+    with torch.no_grad():
+        actual = linear_cross_entropy(hidden, weight, targets, 7)
+    assert not actual.requires_grad
+    assert_close(actual, expected.detach())
 
 
 # --- the whole model ----------------------------------------------------------------------

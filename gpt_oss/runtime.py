@@ -1,0 +1,53 @@
+"""Process-wide CPU settings that training speed depends on: how freed memory is reused.
+
+A training step allocates and frees the same large tensors every step (gradients, the head's
+bf16 weight copy and logit gradient: about 2.5 GB for the mini shape). glibc hands every block
+over its mmap threshold (at most 32 MiB) back to the kernel when it is freed, so each step
+faults the same memory in again, one zeroed 4 KiB page at a time: 500k-650k page faults and
+0.45 s of a 2 s mini step on 2 cores, measured. Serving every block from the heap and never
+trimming it lets a step reuse the previous step's pages: no faults.
+
+When matters: switched on after the first optimizer step, the weights and the optimizer state
+already sit in their own mappings and only the per-step tensors share the heap, so peak RSS
+stays what glibc's default gives (4.61 GiB for mini, batch 2 x 256). Switched on before the
+model is built, weights, moments and step tensors interleave in one heap and the holes between
+them cost 0.3 GiB more.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import functools
+import logging
+import os
+import sys
+
+log = logging.getLogger(__name__)
+
+# mallopt(3) parameters
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_MAX = -4
+ENV_SWITCH = "GPT_OSS_CPU_ALLOCATOR"  # "default" leaves glibc's policy alone
+
+
+@functools.cache
+def keep_freed_memory() -> bool:
+    """Make glibc keep freed blocks for reuse (no mmap, no trimming); True if it took effect.
+
+    Applies to the whole process from now on; no-op off glibc (macOS, musl) or when
+    GPT_OSS_CPU_ALLOCATOR=default.
+    """
+    if os.environ.get(ENV_SWITCH, "keep") == "default" or not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    # mallopt returns 1 on success. The largest int threshold: the heap's free top is never
+    # trimmed unless over 2 GiB.
+    applied = mallopt(_M_MMAP_MAX, 0) == 1 and mallopt(_M_TRIM_THRESHOLD, 2**31 - 1) == 1
+    if not applied:
+        log.warning("mallopt refused; freed memory goes back to the kernel (slower CPU steps)")
+    return applied

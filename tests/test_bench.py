@@ -1,0 +1,128 @@
+"""The benchmark entry point: `python -m gpt_oss.bench` runs the real training step on the CPU
+and ends with one JSON line; its config fails early on impossible values; its report is the
+arithmetic of its rows. No timing is asserted: timings belong to the bench, not to tests."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from gpt_oss.bench import BenchConfig, format_table, resolve_precision, run, summarize
+from gpt_oss.config import ConfigError, ModelConfig
+from gpt_oss.trainer import TrainerConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["model=tiny", "trainer.device=cpu", "trainer.batch_size=2", "trainer.seq_len=32"]
+JSON_KEYS = {"tokens_per_s", "mfu", "peak_mem_gib", "flops_per_token", "device", "config"}
+
+
+def bench_command(*overrides: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gpt_oss.bench",
+            *TINY,
+            "bench.warmup_steps=1",
+            "bench.steps=2",
+            *overrides,
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def last_json(stdout: str) -> dict:
+    return json.loads(stdout.strip().splitlines()[-1])
+
+
+def test_bench_command_prints_a_table_then_one_json_line():
+    done = bench_command("bench.precision=fp32")
+    assert done.returncode == 0, done.stderr
+    report = last_json(done.stdout)
+    assert JSON_KEYS <= set(report)
+    assert report["tokens_per_s"] > 0 and 0 < report["mfu"] < 1 and report["peak_mem_gib"] > 0
+    assert report["config"]["model"]["hidden_size"] == 64 and report["config"]["seq_len"] == 32
+    assert report["device"].startswith("cpu")
+    assert "tokens/s" in done.stdout and "ours" in done.stdout  # the table comes first
+
+
+@pytest.mark.slow
+def test_bench_compares_with_transformers_in_the_same_run():
+    pytest.importorskip("transformers")
+    done = bench_command("bench.compare=hf", "bench.precision=fp32")
+    assert done.returncode == 0, done.stderr
+    report = last_json(done.stdout)
+    impls = [row["impl"] for row in report["runs"]]
+    assert impls == ["ours", "hf"]
+    hf = report["runs"][1]
+    assert hf["attention"] == "eager" and hf["precision"] == "fp32"
+    assert report["speedup_vs_hf"] == pytest.approx(report["tokens_per_s"] / hf["tokens_per_s"])
+    assert "transformers (eager)" in done.stdout
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("bench.steps=0", "bench.steps=0"),
+        ("bench.precision=fp8", "bench.precision='fp8'"),
+        ("bench.compare=megatron", "bench.compare='megatron'"),
+        ("trainer.batch_size=3", "trainer.batch_size=3"),  # not divisible by grad_accum=2 below
+    ],
+)
+def test_bad_bench_config_fails_before_any_worker_starts(override, message):
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
+        cfg = compose("bench", overrides=[*TINY, "trainer.grad_accum=2", override])
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[")):
+        run(cfg)
+
+
+def test_precision_auto_is_bf16_on_gpus_and_else_what_the_cpu_runs_natively():
+    assert resolve_precision("auto", torch.device("cuda")) == "bf16"
+    assert resolve_precision("fp32", torch.device("cuda")) == "fp32"
+    assert resolve_precision("auto", torch.device("cpu")) in ("bf16", "fp32")
+    assert BenchConfig(precision=["fp32", "bf16"]).precisions() == ["fp32", "bf16"]
+
+
+def row(impl: str, precision: str, tokens_per_s: float, memory: float) -> dict:
+    return {
+        "impl": impl,
+        "precision": precision,
+        "tokens_per_s": tokens_per_s,
+        "mfu": 0.01,
+        "peak_mem_gib": memory,
+        "flops_per_token": 1e9,
+        "device": "cpu",
+        "step_ms": 1.0,
+        "attention": "eager" if impl == "hf" else "sdpa",
+        "memory_kind": "peak RSS",
+    }
+
+
+def test_report_puts_ours_first_and_divides_by_transformers_at_each_precision():
+    rows = [
+        row("ours", "fp32", 200, 4.0),
+        row("hf", "fp32", 100, 5.0),
+        row("ours", "bf16", 600, 4.5),
+        row("hf", "bf16", 120, 5.0),
+    ]
+    report = summarize(
+        rows,
+        ModelConfig(num_hidden_layers=2),
+        TrainerConfig(batch_size=2, seq_len=8),
+        torch.device("cpu"),
+    )
+    assert report["tokens_per_s"] == 200 and report["config"]["precision"] == "fp32"
+    assert report["speedup_vs_hf"] == 2.0
+    assert report["best_vs_hf_fp32"] == 6.0  # the fastest of ours against transformers in fp32
+    assert rows[2]["speedup_vs_hf"] == 5.0 and rows[2]["memory_vs_hf"] == 0.9
+    table = format_table(report)
+    assert "6.00x" in table and table.count("\n") == 7
