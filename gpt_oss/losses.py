@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from gpt_oss import moe
 from gpt_oss.moe import Routing
 
 IGNORE_INDEX = -100
@@ -215,4 +216,4 @@ def router_z_loss(routing: Routing) -> torch.Tensor:
 
 def expert_counts(routing: Routing, num_experts: int) -> torch.Tensor:
     """How many token assignments each expert received: (E,)."""
-    return torch.bincount(routing.experts.flatten(), minlength=num_experts)
+    return moe.expert_counts(routing.experts, num_experts)

@@ -41,11 +41,10 @@ class Router(nn.Module):
 
     def forward(self, x: torch.Tensor) -> Routing:
         logits = F.linear(x, self.weight, self.bias)  # (N, E)
-        if self.selection_bias.any():
-            experts = torch.topk(logits + self.selection_bias, self.top_k, dim=-1).indices
-            chosen = logits.gather(-1, experts)
-        else:
-            chosen, experts = torch.topk(logits, self.top_k, dim=-1)
+        # No `if selection_bias.any()`: a zero bias picks the same experts, and the branch would
+        # sync the GPU and break a compiled graph.
+        experts = torch.topk(logits + self.selection_bias, self.top_k, dim=-1).indices
+        chosen = logits.gather(-1, experts)
         compute = torch.promote_types(chosen.dtype, torch.float32)  # float32, float64 in checks
         weights = torch.softmax(chosen.to(compute), dim=-1).to(chosen.dtype)
         return Routing(logits, experts, weights)
@@ -87,7 +86,7 @@ class Experts(nn.Module):
         flat = routing.experts.flatten()  # (N*k,)
         order = torch.argsort(flat, stable=True)
         token = order // top_k  # which token each sorted row came from
-        counts = torch.bincount(flat, minlength=self.gate_up_proj.shape[0])
+        counts = expert_counts(flat, self.gate_up_proj.shape[0])
         dtype = _compute_dtype(x)
         # index_select, not x[token]: its backward is an index_add, not a serial accumulate
         rows = x.index_select(0, token).to(dtype)  # (N*k, H), grouped by expert
@@ -145,6 +144,12 @@ class GroupLayout:
 
     def unpad(self, rows: torch.Tensor) -> torch.Tensor:
         return rows if self.position is None else rows.index_select(0, self.position)
+
+
+def expert_counts(experts: torch.Tensor, num_experts: int) -> torch.Tensor:
+    """Assignments per expert, (E,): a fixed shape, unlike bincount's, so compiled graphs hold."""
+    counts = torch.zeros(num_experts, dtype=torch.long, device=experts.device)
+    return counts.index_add_(0, experts.flatten(), torch.ones_like(experts.flatten()))
 
 
 def _compute_dtype(x: torch.Tensor) -> torch.dtype:
