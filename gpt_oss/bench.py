@@ -208,8 +208,37 @@ def format_table(report: dict[str, Any]) -> str:
         )
     if "best_vs_hf_fp32" in report:
         lines.append(f"fastest ours / transformers fp32: {report['best_vs_hf_fp32']:.2f}x tokens/s")
+    lines.extend(profile_lines(report))
     lines.append(f"peak memory: {report['runs'][0]['memory_kind']}")
     return "\n".join(lines)
+
+
+def profile_lines(report: dict[str, Any]) -> list[str]:
+    """bench.profile: where each profiled step of ours went, and the ceiling that leaves."""
+    hf = [r for r in report["runs"] if r["impl"] == "hf"]
+    fp32_hf = next((r for r in hf if r["precision"] == "fp32"), hf[0] if hf else None)
+    lines = []
+    for row in report["runs"]:
+        split = row.get("profile")
+        if split is None:
+            continue
+        shares = ", ".join(
+            f"{name} {split[key]:,.0f} ms ({split[key] / split['step_ms']:.0%})"
+            for name, key in (
+                ("matmuls", "matmul_ms"),
+                ("optimizer", "optimizer_ms"),
+                ("the rest", "other_ms"),
+            )
+        )
+        ceiling = f"{split['ceiling_tokens_per_s']:,.0f} tokens/s"
+        if fp32_hf is not None:
+            ratio = split["ceiling_tokens_per_s"] / fp32_hf["tokens_per_s"]
+            ceiling += f" ({ratio:.2f}x transformers {fp32_hf['precision']})"
+        lines.append(
+            f"profiled step of ours ({row['precision']}, {split['step_ms']:,.0f} ms): {shares}"
+        )
+        lines.append(f"  with the rest free, matmuls + optimizer alone would give {ceiling}")
+    return lines
 
 
 # ------------------------------------------------------------------------------ the workers
@@ -247,11 +276,18 @@ def measure_ours(spec: dict[str, Any]) -> dict[str, Any]:
             model, parts["optimizer"], parts["schedule"], data, trainer_config, run_dir
         )
         times = time_steps(trainer.train_step, bench.warmup_steps, bench.steps, trainer.device)
-        if bench.profile:
-            print(profile_table(trainer.train_step, trainer.device), file=sys.stderr, flush=True)
         result = measurement(
             times, trainer.device, parts["model_config"], trainer_config, spec["precision"]
         )
+        if bench.profile:
+            table, split = profile_step(trainer.train_step, trainer.device)
+            tokens = trainer_config.batch_size * trainer_config.seq_len
+            # what this step would run at if everything but its matmuls and optimizer were free
+            split["ceiling_tokens_per_s"] = (
+                1e3 * tokens / (split["matmul_ms"] + split["optimizer_ms"])
+            )
+            result["profile"] = split
+            print(table, file=sys.stderr, flush=True)
     return result | {"impl": "ours", "attention": model.config.attn_impl}
 
 
@@ -418,8 +454,26 @@ def _cpuinfo() -> list[str]:
         return []
 
 
-def profile_table(step: Callable, device: torch.device, rows: int = 25) -> str:
-    """torch.profiler's operators of one step, by self time."""
+# Operators whose self time is matrix multiplication (CPU and CUDA dispatch names).
+MATMUL_OPS = frozenset(
+    {
+        "aten::mm",
+        "aten::addmm",
+        "aten::bmm",
+        "aten::baddbmm",
+        "aten::_grouped_mm",
+        "aten::mv",
+        "aten::addmv",
+    }
+)
+OPTIMIZER_EVENT = "Optimizer.step#"  # the range torch.optim opens around every step()
+
+
+def profile_step(
+    step: Callable, device: torch.device, rows: int = 25
+) -> tuple[str, dict[str, float]]:
+    """torch.profiler over one step: its top operators by self time, and where the step's time
+    went (milliseconds): matmuls, the optimizer step (its own matmuls included), the rest."""
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
@@ -427,7 +481,35 @@ def profile_table(step: Callable, device: torch.device, rows: int = 25) -> str:
         step()
         _sync(device)
     key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
-    return prof.key_averages().table(sort_by=key, row_limit=rows)
+    table = prof.key_averages().table(sort_by=key, row_limit=rows)
+    return table, step_breakdown(prof.events(), device)
+
+
+def step_breakdown(events, device: torch.device) -> dict[str, float]:
+    """Split the self time of profiled events (ms) into matmuls, optimizer and everything else."""
+    own_time = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+
+    def in_optimizer(event) -> bool:
+        while event is not None:
+            if event.name.startswith(OPTIMIZER_EVENT):
+                return True
+            event = event.cpu_parent
+        return False
+
+    total = matmul = optimizer = 0.0
+    for event in events:
+        ms = getattr(event, own_time) / 1e3
+        total += ms
+        if in_optimizer(event):
+            optimizer += ms
+        elif event.name in MATMUL_OPS:
+            matmul += ms
+    return {
+        "step_ms": total,
+        "matmul_ms": matmul,
+        "optimizer_ms": optimizer,
+        "other_ms": total - matmul - optimizer,
+    }
 
 
 def _sync(device: torch.device) -> None:

@@ -3,6 +3,8 @@ and the MoE router's load-balancing and z losses."""
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
@@ -13,14 +15,19 @@ IGNORE_INDEX = -100
 
 
 def linear_cross_entropy(
-    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk_tokens: int
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    chunk_tokens: int,
+    compiled: bool = False,
 ) -> torch.Tensor:
     """Mean cross-entropy of softmax(hidden @ weight.T) against targets (IGNORE_INDEX skipped).
 
     hidden (N, H), weight (V, H), targets (N,). chunk_tokens = 0 computes the whole logits
     matrix (plain path); otherwise logits exist one chunk at a time and their gradient is
     formed in the forward pass, so backward stores no logits at all. Under autocast the
-    matmuls run in the autocast dtype; the softmax is always computed in float32.
+    matmuls run in the autocast dtype; the softmax is always computed in float32. compiled
+    (with chunks) runs the softmax and its gradient as one torch.compile'd kernel per chunk.
     """
     if chunk_tokens <= 0:
         logits = F.linear(hidden, weight)  # (N, V)
@@ -29,7 +36,9 @@ def linear_cross_entropy(
     if not torch.is_grad_enabled():  # evaluation: no gradients to form in the forward pass
         hidden, weight = hidden.detach(), weight.detach()
     with torch.autocast(hidden.device.type, enabled=False):
-        return _ChunkedLinearCrossEntropy.apply(hidden, weight, targets, chunk_tokens, dtype)
+        return _ChunkedLinearCrossEntropy.apply(
+            hidden, weight, targets, chunk_tokens, dtype, compiled
+        )
 
 
 def _matmul_dtype(x: torch.Tensor) -> torch.dtype:
@@ -60,12 +69,12 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
     gradient was kept, multiplies it out into the weight gradient)."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, targets, chunk_tokens, dtype):
+    def forward(ctx, hidden, weight, targets, chunk_tokens, dtype, compiled):
         tokens, vocab = hidden.shape[0], weight.shape[0]
         valid = targets != IGNORE_INDEX
         chunk_tokens = min(chunk_tokens, _rows_within(LOGITS_BYTES, vocab * dtype.itemsize, hidden))
         rows = min(chunk_tokens, _rows_within(SOFTMAX_BYTES, vocab * 4, hidden))
-        softmax = _ChunkSoftmax(valid, targets.clamp(min=0), bool(valid.all()), rows)
+        softmax = _ChunkSoftmax(valid, targets.clamp(min=0), bool(valid.all()), rows, compiled)
         needs_hidden, needs_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         h = hidden.to(dtype)
         ctx.grad_logits = ctx.hidden_for_weight = ctx.grad_weight = None
@@ -94,7 +103,7 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
             ctx.grad_logits = ctx.hidden_for_weight = None
         elif grad_weight is not None:
             grad_weight = grad_weight.mul_(scale).to(ctx.weight_dtype)
-        return grad_hidden, grad_weight, None, None, None
+        return grad_hidden, grad_weight, None, None, None, None
 
 
 def _rows_within(budget: dict[str, int], row_bytes: int, like: torch.Tensor) -> int:
@@ -105,7 +114,14 @@ def _rows_within(budget: dict[str, int], row_bytes: int, like: torch.Tensor) -> 
 class _ChunkSoftmax:
     """Cross-entropy of logits rows, `rows` at a time in float32; gradients in place."""
 
-    def __init__(self, valid: torch.Tensor, safe_targets: torch.Tensor, all_valid: bool, rows: int):
+    def __init__(
+        self,
+        valid: torch.Tensor,
+        safe_targets: torch.Tensor,
+        all_valid: bool,
+        rows: int,
+        compiled: bool = False,
+    ):
         # ignored rows point at class 0 (safe to index) and count for nothing
         self.valid, self.safe_targets, self.all_valid, self.rows = (
             valid,
@@ -113,6 +129,7 @@ class _ChunkSoftmax:
             all_valid,
             rows,
         )
+        self.rows_to_grad = _compiled_rows_to_grad() if compiled else _rows_to_grad
 
     def __call__(self, logits: torch.Tensor, first: int, with_grad: bool) -> torch.Tensor:
         """Summed -log p(target) of logits (n, V), the tokens first..first+n; with_grad, the
@@ -122,14 +139,43 @@ class _ChunkSoftmax:
             part = logits[start : start + self.rows]
             tokens = slice(first + start, first + start + part.shape[0])
             targets = self.safe_targets[tokens]
-            logprobs = torch.log_softmax(part, dim=-1, dtype=torch.float32)  # (rows, V)
-            picked = logprobs.gather(1, targets[:, None]).squeeze(1)  # log p(target)
-            total -= picked.sum() if self.all_valid else (picked * self.valid[tokens]).sum()
             if with_grad:
-                _softmax_minus_onehot(logprobs, picked, targets, out=part)
+                picked = self.rows_to_grad(part, targets)
                 if not self.all_valid:
                     part[~self.valid[tokens]] = 0
+            else:
+                logprobs = torch.log_softmax(part, dim=-1, dtype=torch.float32)  # (rows, V)
+                picked = logprobs.gather(1, targets[:, None]).squeeze(1)
+            total -= picked.sum() if self.all_valid else (picked * self.valid[tokens]).sum()
         return total
+
+
+def _rows_to_grad(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """log p(target) per row (float32); logits are overwritten with softmax - onehot."""
+    logprobs = torch.log_softmax(logits, dim=-1, dtype=torch.float32)  # (rows, V)
+    picked = logprobs.gather(1, targets[:, None]).squeeze(1)
+    _softmax_minus_onehot(logprobs, picked, targets, out=logits)
+    return picked
+
+
+def _fused_rows_to_grad(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """_rows_to_grad written for one compiled kernel: each row is read (max, then the sum of
+    exponentials) and written once, with no float32 log-probabilities in memory."""
+    x = logits.float()
+    top = x.amax(dim=-1, keepdim=True)
+    exps = torch.exp(x - top)
+    total = exps.sum(dim=-1, keepdim=True)
+    picked = (x.gather(1, targets[:, None]) - top - torch.log(total)).squeeze(1)
+    grad = (exps / total).scatter(1, targets[:, None], (torch.exp(picked) - 1)[:, None])
+    logits.copy_(grad)
+    return picked
+
+
+@functools.cache
+def _compiled_rows_to_grad():
+    """torch.compile of _fused_rows_to_grad, made once per process: a chunk's shape is fixed
+    (the last chunk adds one more), so kernels are specialised to it."""
+    return torch.compile(_fused_rows_to_grad, dynamic=False)
 
 
 def _accumulating_weight_grad(

@@ -65,7 +65,9 @@ class Rotary(nn.Module):
         self.scale = config.yarn_attention_scale
         self.register_buffer("inv_freq", yarn_inverse_frequencies(config), persistent=False)
 
-    def forward(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, positions: torch.Tensor, dtype: torch.dtype
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         angles = positions[..., None].float() * self.inv_freq  # (B or 1, T, D/2)
         return (angles.cos() * self.scale).to(dtype), (angles.sin() * self.scale).to(dtype)
 
@@ -106,7 +108,9 @@ class KVCache:
 
     @classmethod
     def empty(cls, config: ModelConfig) -> KVCache:
-        windows = [config.sliding_window if t == "sliding_attention" else None for t in config.layer_types]
+        windows = [
+            config.sliding_window if t == "sliding_attention" else None for t in config.layer_types
+        ]
         return cls([LayerCache(window=w) for w in windows])
 
 
@@ -147,8 +151,12 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, step: Step) -> torch.Tensor:
         B, T, _ = x.shape
-        q = self.q_proj(x).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # (B, Hq, T, D)
-        k = self.k_proj(x).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
+        q = (
+            self.q_proj(x).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)
+        )  # (B, Hq, T, D)
+        k = (
+            self.k_proj(x).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        )  # (B, Hkv, T, D)
         v = self.v_proj(x).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
@@ -171,7 +179,9 @@ class Attention(nn.Module):
             valid = None
             if step.key_valid is not None:
                 valid = step.key_valid[:, key_index]
-            step.masks[mask_key] = attention_mask(step.query_index, key_index, self.sliding_window, valid)
+            step.masks[mask_key] = attention_mask(
+                step.query_index, key_index, self.sliding_window, valid
+            )
         mask = step.masks[mask_key]
         if self.impl == "eager":
             return attention_eager(q, k, v, self.sinks, mask, scale)
@@ -219,6 +229,7 @@ class GptOss(nn.Module):
         if config.tie_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
         self.rotary = Rotary(config)
+        self.compiled_loss = False  # Trainer(compile=True): the chunked loss's softmax compiled too
         self.reset_parameters()
 
     @torch.no_grad()
@@ -273,7 +284,11 @@ class GptOss(nn.Module):
         old = cache.key_valid
         if old is None:
             old = torch.ones(B, cache.length, dtype=torch.bool, device=device)
-        new = key_valid if key_valid is not None else torch.ones(B, T, dtype=torch.bool, device=device)
+        new = (
+            key_valid
+            if key_valid is not None
+            else torch.ones(B, T, dtype=torch.bool, device=device)
+        )
         cache.key_valid = torch.cat([old, new], dim=1)
         return cache.key_valid
 
@@ -306,6 +321,7 @@ class GptOss(nn.Module):
             self.lm_head.weight,
             targets.reshape(-1),
             self.config.loss_chunk_tokens,
+            compiled=self.compiled_loss,
         )
         cfg = self.config
         aux = torch.stack([load_balancing_loss(r, cfg.num_experts) for r in routings]).mean()
@@ -323,4 +339,6 @@ class GptOss(nn.Module):
             return
         for block, layer_counts in zip(self.layers, counts, strict=True):
             load = layer_counts.float()
-            block.mlp.router.selection_bias += self.config.expert_bias_rate * torch.sign(load.mean() - load)
+            block.mlp.router.selection_bias += self.config.expert_bias_rate * torch.sign(
+                load.mean() - load
+            )

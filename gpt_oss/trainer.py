@@ -60,10 +60,12 @@ class TrainerConfig:
     eval_batches: int = 20  # validation windows per evaluation, in micro-batches
     checkpoint_every: int = 500
     log_every: int = 10
-    resume: str | None = None  # a run dir, a checkpoint file, or "auto" (this run dir if it has one)
+    resume: str | None = (
+        None  # a run dir, a checkpoint file, or "auto" (this run dir if it has one)
+    )
     device: str = "auto"  # auto = cuda when present, else cpu
     precision: str = "auto"  # auto = bf16 autocast on GPU, float32 on CPU
-    compile: bool = False  # torch.compile each block
+    compile: bool = False  # torch.compile each block and the chunked loss's softmax
     seed: int = 1337
     grad_clip: float = 1.0  # 0 disables clipping
     nan_policy: str = "error"  # error: stop, keep the last good checkpoint; skip: drop the step
@@ -75,20 +77,34 @@ class TrainerConfig:
 
     def validate(self, world_size: int = 1) -> None:
         """Raise ConfigError naming the first impossible field."""
-        for name in ("max_steps", "batch_size", "grad_accum", "seq_len", "eval_every", "eval_batches",
-                     "checkpoint_every", "log_every"):
+        for name in (
+            "max_steps",
+            "batch_size",
+            "grad_accum",
+            "seq_len",
+            "eval_every",
+            "eval_batches",
+            "checkpoint_every",
+            "log_every",
+        ):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
-                raise ConfigError(f"trainer.{name}={value!r} is invalid: must be a positive integer")
+                raise ConfigError(
+                    f"trainer.{name}={value!r} is invalid: must be a positive integer"
+                )
         if self.batch_size % (self.grad_accum * world_size):
             raise ConfigError(
                 f"trainer.batch_size={self.batch_size} is invalid: must be a multiple of "
                 f"grad_accum ({self.grad_accum}) x processes ({world_size})"
             )
         if self.precision not in PRECISIONS:
-            raise ConfigError(f"trainer.precision={self.precision!r} is invalid: valid are {PRECISIONS}")
+            raise ConfigError(
+                f"trainer.precision={self.precision!r} is invalid: valid are {PRECISIONS}"
+            )
         if self.nan_policy not in NAN_POLICIES:
-            raise ConfigError(f"trainer.nan_policy={self.nan_policy!r} is invalid: valid are {NAN_POLICIES}")
+            raise ConfigError(
+                f"trainer.nan_policy={self.nan_policy!r} is invalid: valid are {NAN_POLICIES}"
+            )
         self._validate_parallel(world_size)
         if self.device != "auto":
             try:
@@ -98,16 +114,22 @@ class TrainerConfig:
 
     def _validate_parallel(self, world_size: int) -> None:
         if self.parallel not in PARALLEL_MODES:
-            raise ConfigError(f"trainer.parallel={self.parallel!r} is invalid: valid are {PARALLEL_MODES}")
+            raise ConfigError(
+                f"trainer.parallel={self.parallel!r} is invalid: valid are {PARALLEL_MODES}"
+            )
         if world_size > 1 and self.parallel == "none":
             raise ConfigError(
                 f"trainer.parallel=none, but {world_size} processes were launched (torchrun or "
                 "SLURM tasks): set trainer.parallel=ddp or fsdp, or launch one process"
             )
         if self.parallel == "fsdp" and self.precision == "fp16":
-            raise ConfigError("trainer.precision=fp16 is invalid with trainer.parallel=fsdp: use bf16")
+            raise ConfigError(
+                "trainer.precision=fp16 is invalid with trainer.parallel=fsdp: use bf16"
+            )
         if self.meta_init and self.parallel != "fsdp":
-            raise ConfigError(f"trainer.meta_init=true needs trainer.parallel=fsdp, not {self.parallel!r}")
+            raise ConfigError(
+                f"trainer.meta_init=true needs trainer.parallel=fsdp, not {self.parallel!r}"
+            )
 
 
 class TrainingDiverged(RuntimeError):
@@ -119,7 +141,9 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"trainer.device={name!r} is invalid: CUDA is not available here (use cpu or auto)")
+        raise ConfigError(
+            f"trainer.device={name!r} is invalid: CUDA is not available here (use cpu or auto)"
+        )
     return device
 
 
@@ -137,7 +161,11 @@ def seed_everything(seed: int) -> None:
 
 
 def rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    state = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -193,15 +221,30 @@ class Trainer:
         if config.compile:
             for block in self.model.layers:
                 block.compile()
-        self.loss_fn = parallelize(self.model, config.parallel, self.device)  # model.loss, DDP or FSDP
+            self.model.compiled_loss = True
+        self.loss_fn = parallelize(
+            self.model, config.parallel, self.device
+        )  # model.loss, DDP or FSDP
         self.optimizer = optimizer_factory(self.model)
         self.schedule = schedule_factory(self.optimizer)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
         micro = config.batch_size // config.grad_accum  # over all ranks; each takes its share
-        self.train_loader = TrainLoader(data.train.tokens, micro // self.world.size, config.seq_len, config.seed,
-                                        device=self.device, rank=self.world.rank, world_size=self.world.size)
-        self.val_loader = ValLoader(data.val.tokens, micro, config.seq_len, max_batches=config.eval_batches,
-                                    device=self.device)
+        self.train_loader = TrainLoader(
+            data.train.tokens,
+            micro // self.world.size,
+            config.seq_len,
+            config.seed,
+            device=self.device,
+            rank=self.world.rank,
+            world_size=self.world.size,
+        )
+        self.val_loader = ValLoader(
+            data.val.tokens,
+            micro,
+            config.seq_len,
+            max_batches=config.eval_batches,
+            device=self.device,
+        )
         self.logger = (logger or NullLogger()) if self.world.is_main else NullLogger()
         self.run_config = run_config or {}
         self.metrics = MetricsFile(self.run_dir / "metrics.jsonl")
@@ -216,8 +259,15 @@ class Trainer:
         run_id = self._maybe_resume()
         self.logger.start(self.run_dir, self.run_config, run_id=run_id)
         started, last_log = time.perf_counter(), (time.perf_counter(), self.step)
-        bar = tqdm(total=self.config.max_steps, initial=self.step, desc="train", unit="step",
-                   disable=not (self.config.progress and self.world.is_main), mininterval=1.0, dynamic_ncols=True)
+        bar = tqdm(
+            total=self.config.max_steps,
+            initial=self.step,
+            desc="train",
+            unit="step",
+            disable=not (self.config.progress and self.world.is_main),
+            mininterval=1.0,
+            dynamic_ncols=True,
+        )
         while self.step < self.config.max_steps:
             stats = self.train_step()
             self.step += 1
@@ -258,7 +308,9 @@ class Trainer:
             with self._autocast(), grad_sync(self.loss_fn, micro == accum - 1):
                 out = self.loss_fn(inputs, targets)
             self.scaler.scale(out.loss / accum).backward()
-            totals += torch.stack([out.loss.detach(), out.ce, out.aux_loss, out.z_loss]).float() / accum
+            totals += (
+                torch.stack([out.loss.detach(), out.ce, out.aux_loss, out.z_loss]).float() / accum
+            )
             counts = out.expert_counts if counts is None else counts + out.expert_counts
         mean_over_ranks_(totals)  # every rank reports (and judges finiteness by) the global values
         sum_over_ranks_(counts)  # so every rank nudges its selection biases identically
@@ -285,8 +337,14 @@ class Trainer:
             log.warning("loss is %s at step %d: step skipped (%d so far)", loss, step, self.skipped)
             self.schedule.step()
             return StepStats(loss, ce, aux, z, math.nan, counts, skipped=True)
-        last = self.run_dir / "checkpoints" / ("last.pt" if self.config.parallel == "none" else "last")
-        kept = f"the last good checkpoint is kept at {last}" if last.exists() else "no checkpoint was written"
+        last = (
+            self.run_dir / "checkpoints" / ("last.pt" if self.config.parallel == "none" else "last")
+        )
+        kept = (
+            f"the last good checkpoint is kept at {last}"
+            if last.exists()
+            else "no checkpoint was written"
+        )
         raise TrainingDiverged(f"loss is {loss} at step {step}; training stopped, {kept}")
 
     @torch.no_grad()
@@ -294,15 +352,23 @@ class Trainer:
         """Validation loss, perplexity and bits per byte over the fixed validation windows."""
         self.model.eval()
         loss_sum, tokens = 0.0, 0
-        for inputs, targets, weight in val_batches(self.val_loader, self.world):  # this rank's share
+        for inputs, targets, weight in val_batches(
+            self.val_loader, self.world
+        ):  # this rank's share
             with self._autocast():
                 out = self.model.loss(inputs, targets)
             loss_sum += out.ce.item() * targets.numel() * weight
             tokens += targets.numel() * weight
         loss_sum, tokens = sum_floats((loss_sum, tokens), self.device)
         loss = loss_sum / tokens
-        num_bytes = tokens * self.data.val.num_bytes / len(self.data.val)  # bytes per token of this split
-        result = {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "bpb": bits_per_byte(loss_sum, num_bytes)}
+        num_bytes = (
+            tokens * self.data.val.num_bytes / len(self.data.val)
+        )  # bytes per token of this split
+        result = {
+            "loss": loss,
+            "perplexity": math.exp(min(loss, 50.0)),
+            "bpb": bits_per_byte(loss_sum, num_bytes),
+        }
         if not self.world.is_main:
             return result
         record = {"step": self.step, "split": "val", **result, "tokens": self.tokens_seen}
@@ -317,18 +383,30 @@ class Trainer:
         if not self.world.is_main:
             return now, self.step
         steps = self.step - last_log[1]
-        tokens_per_s = steps * self.config.batch_size * self.config.seq_len / max(now - last_log[0], 1e-9)
+        tokens_per_s = (
+            steps * self.config.batch_size * self.config.seq_len / max(now - last_log[0], 1e-9)
+        )
         if self.peak is None:
             self.peak = peak_flops(self.device, self.dtype or torch.float32) * self.world.size
         record = {
-            "step": self.step, "split": "train", "loss": stats.ce, "total_loss": stats.loss,
-            "aux_loss": stats.aux_loss, "z_loss": stats.z_loss, "grad_norm": stats.grad_norm,
-            "lr": self.schedule.get_last_lr()[0], "tokens": self.tokens_seen,
-            "tokens_per_s": tokens_per_s, "mfu": tokens_per_s * self.flops_per_token / self.peak,
-            "skipped_steps": self.skipped, "expert_load": expert_load(stats.expert_counts),
+            "step": self.step,
+            "split": "train",
+            "loss": stats.ce,
+            "total_loss": stats.loss,
+            "aux_loss": stats.aux_loss,
+            "z_loss": stats.z_loss,
+            "grad_norm": stats.grad_norm,
+            "lr": self.schedule.get_last_lr()[0],
+            "tokens": self.tokens_seen,
+            "tokens_per_s": tokens_per_s,
+            "mfu": tokens_per_s * self.flops_per_token / self.peak,
+            "skipped_steps": self.skipped,
+            "expert_load": expert_load(stats.expert_counts),
         }
         self.metrics.write(record)
-        flat = {f"train/{k}": v for k, v in record.items() if k not in ("step", "split", "expert_load")}
+        flat = {
+            f"train/{k}": v for k, v in record.items() if k not in ("step", "split", "expert_load")
+        }
         for layer, load in enumerate(record["expert_load"]):
             flat |= {f"expert_load/layer{layer}/expert{e}": share for e, share in enumerate(load)}
         self.logger.log(flat, step=self.step)
@@ -340,14 +418,23 @@ class Trainer:
         """Atomically write checkpoints/<name>.pt (ddp/fsdp: the sharded checkpoints/<name>/)
         with everything needed to continue exactly."""
         state = dict(
-            schedule=self.schedule.state_dict(), scaler=self.scaler.state_dict(), step=self.step,
-            best_val=self.best_val, skipped=self.skipped, tokens_seen=self.tokens_seen, rng=rng_state(),
-            data=self.train_loader.state_dict(), wandb_run_id=self.logger.run_id, run_config=self.run_config,
+            schedule=self.schedule.state_dict(),
+            scaler=self.scaler.state_dict(),
+            step=self.step,
+            best_val=self.best_val,
+            skipped=self.skipped,
+            tokens_seen=self.tokens_seen,
+            rng=rng_state(),
+            data=self.train_loader.state_dict(),
+            wandb_run_id=self.logger.run_id,
+            run_config=self.run_config,
         )
         folder = self.run_dir / "checkpoints"
         if self.config.parallel != "none":
             return save_sharded(folder / name, self.model, self.optimizer, state)
-        return save_checkpoint(folder / f"{name}.pt", self.model, optimizer=self.optimizer.state_dict(), **state)
+        return save_checkpoint(
+            folder / f"{name}.pt", self.model, optimizer=self.optimizer.state_dict(), **state
+        )
 
     def _maybe_resume(self) -> str | None:
         source = self.config.resume
@@ -393,13 +480,22 @@ class Trainer:
                 f"{path} is a single-process checkpoint: trainer.parallel={self.config.parallel} resumes "
                 "sharded checkpoint directories (checkpoints/last/); resume it with trainer.parallel=none"
             )
-        payload = read_trainer_state(path) if sharded else read_checkpoint(path, map_location=self.device)
+        payload = (
+            read_trainer_state(path) if sharded else read_checkpoint(path, map_location=self.device)
+        )
         if "optimizer" not in payload and not sharded:
-            raise CheckpointError(f"{path} holds weights only (consolidated): it cannot resume training")
+            raise CheckpointError(
+                f"{path} holds weights only (consolidated): it cannot resume training"
+            )
         if payload["model_config"] != self.model.config.to_dict():
-            diff = {k: (v, payload["model_config"].get(k)) for k, v in self.model.config.to_dict().items()
-                    if payload["model_config"].get(k) != v}
-            raise CheckpointError(f"{path} was trained with another model config: (now, checkpoint) = {diff}")
+            diff = {
+                k: (v, payload["model_config"].get(k))
+                for k, v in self.model.config.to_dict().items()
+                if payload["model_config"].get(k) != v
+            }
+            raise CheckpointError(
+                f"{path} was trained with another model config: (now, checkpoint) = {diff}"
+            )
         return payload
 
     def _carry_metrics(self, checkpoint: Path) -> None:
@@ -469,16 +565,18 @@ def _last_checkpoint(folder: Path, sharded: bool) -> Path | None:
 def format_summary(summary: dict[str, Any]) -> str:
     """The end-of-run report a person reads."""
     minutes = summary["seconds"] / 60
-    return "\n".join([
-        "",
-        "=" * 64,
-        f"  finished {summary['steps']} steps, {summary['tokens_seen']:,} tokens in {minutes:.1f} min"
-        f" ({summary['tokens_per_s']:,.0f} tokens/s at the end)",
-        f"  best val loss {summary['best_val_loss']:.4f}, final val loss {summary['final_val_loss']:.4f}"
-        f" ({summary['final_val_bpb']:.4f} bits/byte); final train loss {summary['final_train_loss']:.4f}",
-        f"  skipped steps: {summary['skipped_steps']}",
-        f"  run dir:     {summary['run_dir']}",
-        f"  checkpoints: {summary['checkpoints']}/{{last,best}}{'/' if summary.get('sharded_checkpoints') else '.pt'}",
-        f"  loss plot:   {summary['plot']}",
-        "=" * 64,
-    ])
+    return "\n".join(
+        [
+            "",
+            "=" * 64,
+            f"  finished {summary['steps']} steps, {summary['tokens_seen']:,} tokens in {minutes:.1f} min"
+            f" ({summary['tokens_per_s']:,.0f} tokens/s at the end)",
+            f"  best val loss {summary['best_val_loss']:.4f}, final val loss {summary['final_val_loss']:.4f}"
+            f" ({summary['final_val_bpb']:.4f} bits/byte); final train loss {summary['final_train_loss']:.4f}",
+            f"  skipped steps: {summary['skipped_steps']}",
+            f"  run dir:     {summary['run_dir']}",
+            f"  checkpoints: {summary['checkpoints']}/{{last,best}}{'/' if summary.get('sharded_checkpoints') else '.pt'}",
+            f"  loss plot:   {summary['plot']}",
+            "=" * 64,
+        ]
+    )

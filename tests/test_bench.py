@@ -13,7 +13,14 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from gpt_oss.bench import BenchConfig, format_table, resolve_precision, run, summarize
+from gpt_oss.bench import (
+    BenchConfig,
+    format_table,
+    resolve_precision,
+    run,
+    step_breakdown,
+    summarize,
+)
 from gpt_oss.config import ConfigError, ModelConfig
 from gpt_oss.trainer import TrainerConfig
 
@@ -45,7 +52,7 @@ def last_json(stdout: str) -> dict:
 
 
 def test_bench_command_prints_a_table_then_one_json_line():
-    done = bench_command("bench.precision=fp32")
+    done = bench_command("bench.precision=fp32", "bench.profile=true")
     assert done.returncode == 0, done.stderr
     report = last_json(done.stdout)
     assert JSON_KEYS <= set(report)
@@ -53,6 +60,50 @@ def test_bench_command_prints_a_table_then_one_json_line():
     assert report["config"]["model"]["hidden_size"] == 64 and report["config"]["seq_len"] == 32
     assert report["device"].startswith("cpu")
     assert "tokens/s" in done.stdout and "ours" in done.stdout  # the table comes first
+    split = report["runs"][0]["profile"]  # bench.profile: where the profiled step went
+    assert split["matmul_ms"] > 0 and split["optimizer_ms"] > 0 and split["other_ms"] > 0
+    parts = split["matmul_ms"] + split["optimizer_ms"] + split["other_ms"]
+    assert parts == pytest.approx(split["step_ms"])
+    assert split["ceiling_tokens_per_s"] == pytest.approx(
+        1e3 * 2 * 32 / (split["matmul_ms"] + split["optimizer_ms"])
+    )
+    assert "aten::mm" in done.stderr  # the operator table
+    assert "matmuls + optimizer alone would give" in done.stdout
+
+
+def test_step_breakdown_counts_the_optimizers_own_matmuls_as_optimizer():
+    class MatmulOptimizer(torch.optim.SGD):  # a step that multiplies matrices, as Muon's does
+        def step(self, closure=None):
+            for group in self.param_groups:
+                for p in group["params"]:
+                    p.data -= 0.1 * (p.grad @ p.grad.T @ p.grad)
+            return None
+
+    weight = torch.nn.Parameter(torch.randn(256, 256))
+    optimizer = MatmulOptimizer([weight], lr=0.1)
+
+    def step():
+        loss = (torch.randn(64, 256) @ weight).square().sum()  # one forward mm, two backward
+        loss.backward()
+        optimizer.step()
+
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        step()
+    events = prof.events()
+    split = step_breakdown(events, torch.device("cpu"))
+    mm_ms = {name: 0.0 for name in ("inside", "outside")}
+    for event in events:
+        if event.name == "aten::mm":
+            parent, inside = event.cpu_parent, False
+            while parent is not None:
+                inside |= parent.name.startswith("Optimizer.step#")
+                parent = parent.cpu_parent
+            mm_ms["inside" if inside else "outside"] += event.self_cpu_time_total / 1e3
+    assert mm_ms["inside"] > 0 and mm_ms["outside"] > 0
+    assert split["matmul_ms"] == pytest.approx(mm_ms["outside"])
+    assert split["optimizer_ms"] >= mm_ms["inside"]
 
 
 @pytest.mark.slow

@@ -262,6 +262,22 @@ def test_chunked_cross_entropy_matches_whole_under_bf16_autocast(hidden_size, mo
     assert_close(actual, float32_loss, rtol=2e-2, atol=2e-2)  # bf16 is near, not equal
 
 
+@pytest.mark.parametrize("hidden_size", [16, 64])  # accumulated / deferred weight gradient
+def test_compiled_chunk_softmax_matches_whole_values_and_grads(hidden_size, monkeypatch):
+    """compiled=True (trainer.compile) runs each chunk's softmax and gradient as one
+    torch.compile'd kernel: equal to the whole-logits loss, ignored targets included."""
+    monkeypatch.setattr(losses, "SOFTMAX_BYTES", {"cpu": 8 * 4 * 50, "other": 0})  # 8 rows
+    hidden, weight, targets = cross_entropy_inputs(hidden=hidden_size)
+    expected = linear_cross_entropy(hidden, weight, targets, 0)
+    expected_grads = torch.autograd.grad(expected, (hidden, weight))
+    actual = linear_cross_entropy(hidden, weight, targets, 1000, compiled=True)
+    actual_grads = torch.autograd.grad(actual, (hidden, weight))
+    assert_close(actual, expected)
+    for got, want in zip(actual_grads, expected_grads, strict=True):
+        assert_close(got, want)
+    assert actual_grads[0][[0, 7, 8, 29]].abs().max() == 0
+
+
 def test_chunked_cross_entropy_without_grad_mode_gives_the_same_loss():
     hidden, weight, targets = cross_entropy_inputs()
     expected = linear_cross_entropy(hidden, weight, targets, 7)
@@ -295,6 +311,32 @@ def test_model_loss_and_grads_fast_paths_match_plain_paths(make_model):
     for name, grad in plain_grads.items():
         assert grad is not None and grad.abs().max() > 0, name
         assert_close(fast_grads[name], grad, rtol=1e-4, atol=1e-5, name=name)
+
+
+@pytest.mark.slow
+def test_compiled_blocks_and_loss_match_the_eager_model(make_model):
+    """trainer.compile=true: every block torch.compile'd and the loss's softmax compiled give
+    the eager model's loss parts and parameter gradients (float32, CPU inductor)."""
+    ids = torch.randint(0, 1000, (2, 41), generator=torch.Generator().manual_seed(0))
+    inputs, targets = ids[:, :-1], ids[:, 1:].clone()
+    targets[0, :5] = IGNORE_INDEX
+    results = {}
+    for name in ("eager", "compiled"):
+        model = make_model(seed=3, sliding_window=16, loss_chunk_tokens=37).train()
+        if name == "compiled":
+            for block in model.layers:
+                block.compile()
+            model.compiled_loss = True
+        out = model.loss(inputs, targets)
+        out.loss.backward()
+        results[name] = (out, {n: p.grad for n, p in model.named_parameters()})
+    (eager, eager_grads), (compiled, compiled_grads) = results["eager"], results["compiled"]
+    for part in ("loss", "ce", "aux_loss", "z_loss"):
+        assert_close(getattr(compiled, part), getattr(eager, part))
+    assert torch.equal(compiled.expert_counts, eager.expert_counts)
+    for name, grad in eager_grads.items():
+        assert grad is not None and grad.abs().max() > 0, name
+        assert_close(compiled_grads[name], grad, rtol=1e-4, atol=1e-5, name=name)
 
 
 def test_flex_model_trains_on_cpu_through_sdpa(make_model):
