@@ -175,6 +175,8 @@ def _grouped_mm_supported(rows: torch.Tensor, weights: torch.Tensor) -> bool:
         major = torch.cuda.get_device_capability(rows.device)[0]
         return major >= 9 and rows.dtype == torch.bfloat16 and aligned
     cpu_dtypes = (torch.float32, torch.bfloat16, torch.float16)  # no float64 kernel
+    if torch.compiler.is_compiling():  # the traced kernel's shape function accepts bf16 only
+        cpu_dtypes = (torch.bfloat16,)
     return rows.device.type == "cpu" and rows.dtype in cpu_dtypes and aligned
 
 

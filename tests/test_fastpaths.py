@@ -316,13 +316,15 @@ def test_model_loss_and_grads_fast_paths_match_plain_paths(make_model):
 @pytest.mark.slow
 def test_compiled_blocks_and_loss_match_the_eager_model(make_model):
     """trainer.compile=true: every block torch.compile'd and the loss's softmax compiled give
-    the eager model's loss parts and parameter gradients (float32, CPU inductor)."""
+    the eager model's loss parts and parameter gradients (float32, CPU inductor), with the
+    other fast paths on in both (sdpa, grouped experts, chunked loss)."""
     ids = torch.randint(0, 1000, (2, 41), generator=torch.Generator().manual_seed(0))
     inputs, targets = ids[:, :-1], ids[:, 1:].clone()
     targets[0, :5] = IGNORE_INDEX
+    fast = {"attn_impl": "sdpa", "moe_impl": "grouped", "loss_chunk_tokens": 37}
     results = {}
     for name in ("eager", "compiled"):
-        model = make_model(seed=3, sliding_window=16, loss_chunk_tokens=37).train()
+        model = make_model(seed=3, sliding_window=16, **fast).train()
         if name == "compiled":
             for block in model.layers:
                 block.compile()
