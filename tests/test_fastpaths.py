@@ -290,27 +290,38 @@ def test_chunked_cross_entropy_without_grad_mode_gives_the_same_loss():
 # --- the whole model ----------------------------------------------------------------------
 
 
-def test_model_loss_and_grads_fast_paths_match_plain_paths(make_model):
-    """(sdpa, grouped, chunked) vs (eager, loop, whole logits): loss parts and every gradient."""
-    ids = torch.randint(0, 1000, (2, 150), generator=torch.Generator().manual_seed(0))
+def batch_with_ignored_targets(length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    ids = torch.randint(0, 1000, (2, length + 1), generator=torch.Generator().manual_seed(0))
     inputs, targets = ids[:, :-1], ids[:, 1:].clone()
     targets[0, :5] = IGNORE_INDEX
-    results = {}
-    for name, impls in {
-        "plain": {"attn_impl": "eager", "moe_impl": "loop", "loss_chunk_tokens": 0},
-        "fast": {"attn_impl": "sdpa", "moe_impl": "grouped", "loss_chunk_tokens": 37},
-    }.items():
-        model = make_model(seed=3, **impls).train()
-        out = model.loss(inputs, targets)
-        out.loss.backward()
-        results[name] = (out, {n: p.grad for n, p in model.named_parameters()})
-    (plain, plain_grads), (fast, fast_grads) = results["plain"], results["fast"]
+    return inputs, targets
+
+
+def loss_and_grads(model, inputs: torch.Tensor, targets: torch.Tensor):
+    """One training forward and backward: the loss parts and every parameter's gradient."""
+    out = model.loss(inputs, targets)
+    out.loss.backward()
+    return out, {name: p.grad for name, p in model.named_parameters()}
+
+
+def assert_same_loss_and_grads(actual, expected) -> None:
+    (got, got_grads), (want, want_grads) = actual, expected
     for part in ("loss", "ce", "aux_loss", "z_loss"):
-        assert_close(getattr(fast, part), getattr(plain, part))
-    assert torch.equal(fast.expert_counts, plain.expert_counts)
-    for name, grad in plain_grads.items():
+        assert_close(getattr(got, part), getattr(want, part), name=part)
+    assert torch.equal(got.expert_counts, want.expert_counts)
+    for name, grad in want_grads.items():
         assert grad is not None and grad.abs().max() > 0, name
-        assert_close(fast_grads[name], grad, rtol=1e-4, atol=1e-5, name=name)
+        assert_close(got_grads[name], grad, rtol=1e-4, atol=1e-5, name=name)
+
+
+def test_model_loss_and_grads_fast_paths_match_plain_paths(make_model):
+    """(sdpa, grouped, chunked) vs (eager, loop, whole logits): loss parts and every gradient."""
+    inputs, targets = batch_with_ignored_targets(149)
+    plain = make_model(seed=3, attn_impl="eager", moe_impl="loop", loss_chunk_tokens=0).train()
+    fast = make_model(seed=3, attn_impl="sdpa", moe_impl="grouped", loss_chunk_tokens=37).train()
+    assert_same_loss_and_grads(
+        loss_and_grads(fast, inputs, targets), loss_and_grads(plain, inputs, targets)
+    )
 
 
 @pytest.mark.slow
@@ -318,27 +329,16 @@ def test_compiled_blocks_and_loss_match_the_eager_model(make_model):
     """trainer.compile=true: every block torch.compile'd and the loss's softmax compiled give
     the eager model's loss parts and parameter gradients (float32, CPU inductor), with the
     other fast paths on in both (sdpa, grouped experts, chunked loss)."""
-    ids = torch.randint(0, 1000, (2, 41), generator=torch.Generator().manual_seed(0))
-    inputs, targets = ids[:, :-1], ids[:, 1:].clone()
-    targets[0, :5] = IGNORE_INDEX
+    inputs, targets = batch_with_ignored_targets(40)
     fast = {"attn_impl": "sdpa", "moe_impl": "grouped", "loss_chunk_tokens": 37}
-    results = {}
-    for name in ("eager", "compiled"):
-        model = make_model(seed=3, sliding_window=16, **fast).train()
-        if name == "compiled":
-            for block in model.layers:
-                block.compile()
-            model.compiled_loss = True
-        out = model.loss(inputs, targets)
-        out.loss.backward()
-        results[name] = (out, {n: p.grad for n, p in model.named_parameters()})
-    (eager, eager_grads), (compiled, compiled_grads) = results["eager"], results["compiled"]
-    for part in ("loss", "ce", "aux_loss", "z_loss"):
-        assert_close(getattr(compiled, part), getattr(eager, part))
-    assert torch.equal(compiled.expert_counts, eager.expert_counts)
-    for name, grad in eager_grads.items():
-        assert grad is not None and grad.abs().max() > 0, name
-        assert_close(compiled_grads[name], grad, rtol=1e-4, atol=1e-5, name=name)
+    eager = make_model(seed=3, sliding_window=16, **fast).train()
+    compiled = make_model(seed=3, sliding_window=16, **fast).train()
+    for block in compiled.layers:
+        block.compile()
+    compiled.compiled_loss = True
+    assert_same_loss_and_grads(
+        loss_and_grads(compiled, inputs, targets), loss_and_grads(eager, inputs, targets)
+    )
 
 
 def test_flex_model_trains_on_cpu_through_sdpa(make_model):
