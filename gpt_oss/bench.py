@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
+from torch.autograd import DeviceType
 
 from gpt_oss.config import ConfigError, ModelConfig
 from gpt_oss.metrics import flops_per_token, peak_flops
@@ -498,6 +499,8 @@ def step_breakdown(events, device: torch.device) -> dict[str, float]:
 
     total = matmul = optimizer = 0.0
     for event in events:
+        if event.device_type != DeviceType.CPU:  # kernels: already in their op's device time
+            continue
         ms = getattr(event, own_time) / 1e3
         total += ms
         if in_optimizer(event):

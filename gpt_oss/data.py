@@ -402,7 +402,7 @@ class _SliceDocuments:
 # encode_to_numpy 6.7M, two processes 10.5M.
 
 
-def _encode_text(encoding: Any, text: str) -> tuple[np.ndarray, int]:
+def encode_text(encoding: Any, text: str) -> tuple[np.ndarray, int]:
     """Tokens (ordinary text: a literal "<|endoftext|>" is not special) and UTF-8 byte count."""
     try:
         num_bytes = len(text.encode("utf-8"))
@@ -423,7 +423,7 @@ def encode_documents(texts: Sequence[str | None]) -> tuple[np.ndarray, int, int]
     for text in texts:
         if not text:
             continue
-        tokens, text_bytes = _encode_text(encoding, text)
+        tokens, text_bytes = encode_text(encoding, text)
         pieces += [separator, tokens]
         num_documents += 1
         num_bytes += text_bytes

@@ -26,6 +26,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig
 
 from gpt_oss.config import ConfigError
+from gpt_oss.data import encode_text
 from gpt_oss.generate import load_for_inference, resolve_device, resolve_dtype
 from gpt_oss.hf import CheckpointError
 from gpt_oss.losses import IGNORE_INDEX
@@ -177,9 +178,11 @@ def score_documents(
 ) -> Score:
     """Loss over every token of every document (and its closing <|endoftext|>)."""
     tokenizer = get_tokenizer()
-    windows, tokens = [], 0
+    windows, tokens, num_bytes = [], 0, 0
     for document in documents:
-        ids = [ENDOFTEXT_ID, *tokenizer.encode_ordinary(document), ENDOFTEXT_ID]
+        encoded, document_bytes = encode_text(tokenizer, document)  # as training tokenizes
+        ids = [ENDOFTEXT_ID, *encoded.tolist(), ENDOFTEXT_ID]
+        num_bytes += document_bytes
         if max(ids) >= model.config.vocab_size:
             raise ConfigError(
                 f"token id {max(ids)} is outside the model's vocabulary ({model.config.vocab_size})"
@@ -191,7 +194,6 @@ def score_documents(
         window_loss_sum(model, windows[i : i + batch_size])
         for i in range(0, len(windows), batch_size)
     )
-    num_bytes = sum(len(d.encode("utf-8")) for d in documents)
     return Score(loss_sum, tokens, num_bytes, len(documents))
 
 

@@ -122,21 +122,21 @@ def read_prompts(path: str | Path) -> list[str]:
     return prompts
 
 
-def token_id(text: str) -> int:
-    """A stop token given as its text (special tokens included) or as its id."""
+def token_id(text: str, what: str = "stop token") -> int:
+    """A token (stop or start) given as its text (special tokens included) or as its id."""
     if text.isdigit():
         return int(text)
     try:
         return get_tokenizer().encode_single_token(text)
     except KeyError as error:
         raise ConfigError(
-            f"stop token {text!r} is not a single token of o200k_harmony; give its id"
+            f"{what} {text!r} is not a single token of o200k_harmony; give its id"
         ) from error
 
 
 def encode_prompt(text: str, start: str | None) -> list[int]:
     """Token ids of start + text; special tokens written in the text are kept as such."""
-    ids = [token_id(start)] if start else []
+    ids = [token_id(start, "start token")] if start else []
     return ids + get_tokenizer().encode(text, allowed_special="all")
 
 

@@ -72,7 +72,7 @@ def config_from_hf(values: dict, **overrides) -> ModelConfig:
         ours["rope_ntk_beta"] = rope.get("beta_fast", 32.0)
         ours["rope_ntk_alpha"] = rope.get("beta_slow", 1.0)
         ours["initial_context_length"] = rope.get("original_max_position_embeddings", 4096)
-    elif not rope:
+    else:  # no rope scaling, or a kind other than YaRN: plain RoPE
         ours["rope_scaling_factor"] = 1.0
     ours["tie_embeddings"] = bool(values.get("tie_word_embeddings", False))
     return ModelConfig(**(ours | overrides))

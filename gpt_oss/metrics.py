@@ -43,7 +43,11 @@ def peak_flops(device: torch.device, dtype: torch.dtype) -> float:
         name = torch.cuda.get_device_name(device)
         for key, value in GPU_PEAK_BF16.items():
             if key in name:
-                return value if dtype in (torch.bfloat16, torch.float16) else value / 2
+                if dtype in (torch.bfloat16, torch.float16):
+                    return value
+                if torch.get_float32_matmul_precision() != "highest":  # TF32 matmuls
+                    return value / 2
+                break  # true float32 matmuls: measured below
     return measured_matmul_flops(device.type, dtype)
 
 

@@ -94,7 +94,9 @@ class Muon(torch.optim.Optimizer):
 
     def _muon_update(self, p: torch.Tensor, group: dict) -> None:
         state = self.state[p]
-        buf = state.setdefault("momentum", torch.zeros_like(p))
+        if "momentum" not in state:
+            state["momentum"] = torch.zeros_like(p)
+        buf = state["momentum"]
         buf.lerp_(p.grad, 1 - group["momentum"])
         update = p.grad.lerp(buf, group["momentum"]) if group["nesterov"] else buf
         update = newton_schulz(update, group["ns_steps"])

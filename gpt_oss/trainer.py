@@ -481,7 +481,7 @@ class Trainer:
                 "sharded checkpoint directories (checkpoints/last/); resume it with trainer.parallel=none"
             )
         payload = (
-            read_trainer_state(path) if sharded else read_checkpoint(path, map_location=self.device)
+            read_trainer_state(path) if sharded else read_checkpoint(path, map_location="cpu")
         )
         if "optimizer" not in payload and not sharded:
             raise CheckpointError(

@@ -180,3 +180,13 @@ def test_a_hugging_face_directory_scores_like_our_checkpoint(model, tmp_path):
         score = run(cfg)
     expected = score_documents(model, DOCUMENTS[:3], context_length=64, stride=32, batch_size=8)
     assert score.loss_sum == pytest.approx(expected.loss_sum, rel=1e-5)
+
+
+def test_a_lone_surrogate_is_scored_as_training_tokenizes_it(model):
+    """Broken UTF-16 in a .jsonl (a lone surrogate) is replaced, as data preparation does,
+    instead of failing while counting bytes."""
+    broken, replaced = "Tom saw a \ud800 dog.", "Tom saw a \ufffd dog."
+    score = score_documents(model, [broken], context_length=64, stride=32, batch_size=1)
+    expected = score_documents(model, [replaced], context_length=64, stride=32, batch_size=1)
+    assert score.bytes == len(replaced.encode("utf-8"))
+    assert score.tokens == expected.tokens and score.loss_sum == pytest.approx(expected.loss_sum)

@@ -20,7 +20,8 @@ from hydra.errors import ConfigCompositionException
 from safetensors.torch import load_file, save_file
 
 from gpt_oss.checkpoint import save_checkpoint
-from gpt_oss.generate import load_for_inference, run
+from gpt_oss.config import ConfigError
+from gpt_oss.generate import encode_prompt, load_for_inference, run, token_id
 from gpt_oss.hf import dequantize_mxfp4, export_hf
 from gpt_oss.model import KVCache
 from gpt_oss.sampling import (
@@ -436,3 +437,11 @@ def test_a_briefly_trained_model_continues_with_words_of_its_corpus(tmp_path):
     untrained = save_checkpoint(tmp_path / "untrained.pt", GptOss(build(cfg)["model_config"]))
     words = continuation_words(untrained, tmp_path)
     assert sum(word not in corpus for word in words) > 0.5 * len(words), words
+
+
+def test_a_token_that_is_not_one_token_is_named_as_start_or_stop():
+    assert encode_prompt("Hi", "<|start|>")[0] == token_id("<|start|>")
+    with pytest.raises(ConfigError, match="start token 'Once upon' is not a single token"):
+        encode_prompt("Hi", "Once upon")
+    with pytest.raises(ConfigError, match="stop token 'the end' is not a single token"):
+        token_id("the end")

@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from gpt_oss.checkpoint import load_model, save_checkpoint
-from gpt_oss.hf import CheckpointError, export_hf, import_hf
+from gpt_oss.hf import CheckpointError, config_from_hf, export_hf, import_hf
 
 transformers = pytest.importorskip("transformers")
 
@@ -441,3 +441,18 @@ def test_a_missing_weight_is_rejected_by_name(release, tmp_path):
     )
     with pytest.raises(CheckpointError, match="layers.1.self_attn.sinks"):
         import_hf(copy)
+
+
+@pytest.mark.parametrize(
+    "rope, factor",
+    [
+        ({"rope_type": "yarn", "factor": 32.0, "rope_theta": 150000}, 32.0),
+        ({"rope_type": "default", "rope_theta": 10000}, 1.0),  # plain RoPE, not YaRN
+        ({}, 1.0),
+    ],
+)
+def test_imported_rope_scaling_is_yarn_only_when_the_config_says_so(rope, factor):
+    values = {"vocab_size": 1000, "hidden_size": 32, "num_hidden_layers": 2, "rope_parameters": rope}
+    config = config_from_hf(values)
+    assert config.rope_scaling_factor == factor
+    assert config.rope_theta == rope.get("rope_theta", config.rope_theta)
