@@ -33,7 +33,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.autograd import DeviceType
 
 from gpt_oss.config import ConfigError, ModelConfig
-from gpt_oss.metrics import flops_per_token, peak_flops
+from gpt_oss.metrics import flops_per_token, peak_flops, synchronize
 from gpt_oss.schema import RunConfig
 from gpt_oss.train import build
 
@@ -131,9 +131,9 @@ def cpu_has_native_bf16() -> bool:
 
 
 def _device(name: str) -> torch.device:
-    from gpt_oss.trainer import resolve_device
+    from gpt_oss.config import resolve_device
 
-    return resolve_device(name)
+    return resolve_device(name, "trainer.device")
 
 
 def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
@@ -294,13 +294,14 @@ def measure_ours(spec: dict[str, Any]) -> dict[str, Any]:
 
 def measure_hf(spec: dict[str, Any]) -> dict[str, Any]:
     """transformers' GptOssForCausalLM: its own loss (labels), AdamW, clipping, same precision."""
-    from gpt_oss.trainer import autocast_dtype, resolve_device, seed_everything
+    from gpt_oss.config import resolve_device
+    from gpt_oss.trainer import autocast_dtype, seed_everything
 
     cfg = OmegaConf.create(spec["config"])
     parts = build(cfg)
     bench = BenchConfig(**spec["config"]["bench"])
     model_config, trainer_config = parts["model_config"], parts["trainer_config"]
-    device = resolve_device(trainer_config.device)
+    device = resolve_device(trainer_config.device, "trainer.device")
     seed_everything(bench.seed)
     attentions = [bench.hf_attention]
     if bench.hf_attention == "auto":
@@ -389,10 +390,10 @@ def time_steps(step: Callable, warmup: int, steps: int, device: torch.device) ->
         step()
     times = []
     for _ in range(steps):
-        _sync(device)
+        synchronize(device)
         start = time.perf_counter()
         step()
-        _sync(device)
+        synchronize(device)
         times.append(time.perf_counter() - start)
     return times
 
@@ -480,7 +481,7 @@ def profile_step(
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=activities) as prof:
         step()
-        _sync(device)
+        synchronize(device)
     key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
     table = prof.key_averages().table(sort_by=key, row_limit=rows)
     return table, step_breakdown(prof.events(), device)
@@ -513,11 +514,6 @@ def step_breakdown(events, device: torch.device) -> dict[str, float]:
         "optimizer_ms": optimizer,
         "other_ms": total - matmul - optimizer,
     }
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 # ------------------------------------------------------------------------------ random data

@@ -74,12 +74,26 @@ def load_model(
 
     overrides replace config fields that do not change the weights (attn_impl, moe_impl, ...).
     """
+    return load_with_run_config(path, device, dtype, **overrides)[0]
+
+
+def load_with_run_config(
+    path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None, **overrides
+) -> tuple[GptOss, dict[str, Any]]:
+    """load_model's model in eval mode, and the run config stored with it ({} if none).
+
+    A Hugging Face directory loads onto the device (MXFP4 experts dequantized there tensor by
+    tensor, gpt_oss.hf). Our checkpoints are read on the CPU, so their optimizer state never
+    reaches the GPU, and only the weights move, cast to dtype when given.
+    """
     path = Path(path)
     if path.is_dir() and (path / "config.json").is_file():
-        return import_hf(path, dtype=dtype or torch.float32, device=device, **overrides)
-    payload = read_checkpoint(resolve_checkpoint(path), map_location=device)
+        model = import_hf(path, dtype=dtype or torch.float32, device=device, **overrides)
+        return model.eval(), {}
+    payload = read_checkpoint(resolve_checkpoint(path), map_location="cpu")
     config = ModelConfig.from_dict(payload["model_config"] | overrides)
-    state = payload["model"]
-    if dtype is not None:
-        state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
-    return build_with_state(config, state, device).eval()
+    state = {
+        k: v.to(device, dtype if dtype is not None and v.is_floating_point() else v.dtype)
+        for k, v in payload["model"].items()
+    }
+    return build_with_state(config, state, device).eval(), payload.get("run_config") or {}

@@ -6,6 +6,8 @@ import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+import torch
+
 LAYER_TYPES = ("sliding_attention", "full_attention")
 ATTN_IMPLS = ("eager", "sdpa", "flex")
 MOE_IMPLS = ("loop", "grouped")
@@ -14,6 +16,25 @@ BALANCING = ("aux_loss", "bias", "none")
 
 class ConfigError(ValueError):
     """A configuration value is out of its valid range; the message names the field."""
+
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def resolve_device(name: str, option: str = "device") -> torch.device:
+    """auto = cuda when present, else cpu; an unavailable cuda is an error (naming option), not
+    a fallback."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise ConfigError(f"{option}={name!r} is invalid: {error}") from error
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            f"{option}={name!r} is invalid: CUDA is not available here (use cpu or auto)"
+        )
+    return device
 
 
 @dataclass

@@ -18,10 +18,9 @@ from pathlib import Path
 import torch
 
 from gpt_oss.checkpoint import save_checkpoint
+from gpt_oss.config import DTYPES
 from gpt_oss.distributed import consolidate, sharded_checkpoint
 from gpt_oss.hf import CheckpointError, export_hf
-
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def find_sharded(path: Path) -> Path:

@@ -25,9 +25,10 @@ import torch.nn.functional as F
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig
 
-from gpt_oss.config import ConfigError
+from gpt_oss.checkpoint import load_with_run_config
+from gpt_oss.config import ConfigError, resolve_device
 from gpt_oss.data import encode_text
-from gpt_oss.generate import load_for_inference, resolve_device, resolve_dtype
+from gpt_oss.generate import resolve_dtype
 from gpt_oss.hf import CheckpointError
 from gpt_oss.losses import IGNORE_INDEX
 from gpt_oss.metrics import bits_per_byte
@@ -209,7 +210,9 @@ def run(cfg: DictConfig) -> Score:
         raise ConfigError(f"batch_size={cfg.batch_size} is invalid: must be >= 1")
     documents = read_documents(cfg.text_file, cfg.separator, cfg.field, cfg.max_documents)
     device = resolve_device(cfg.device)
-    model, run_config = load_for_inference(cfg.checkpoint, device, resolve_dtype(cfg.dtype, device))
+    model, run_config = load_with_run_config(
+        cfg.checkpoint, device, resolve_dtype(cfg.dtype, device)
+    )
     context = cfg.context_length or default_context(run_config, model)
     stride = cfg.stride or max(context // 2, 1)
     score = score_documents(model, documents, context, stride, cfg.batch_size)

@@ -14,21 +14,19 @@ import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO
 
 import hydra
 import torch
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig
 
-from gpt_oss.checkpoint import read_checkpoint, resolve_checkpoint
-from gpt_oss.config import ConfigError, ModelConfig
-from gpt_oss.hf import CheckpointError, build_with_state, import_hf
+from gpt_oss.checkpoint import load_with_run_config
+from gpt_oss.config import DTYPES, ConfigError, resolve_device
+from gpt_oss.hf import CheckpointError
 from gpt_oss.model import GptOss
 from gpt_oss.sampling import Generation, SamplingConfig, StreamDecoder, TokenCallback, generate
 from gpt_oss.tokenizer import get_tokenizer
-
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
 @dataclass
@@ -55,21 +53,6 @@ ConfigStore.instance().store(name="generate_schema", node=GenerateConfig)
 
 
 # ------------------------------------------------------------------ loading (shared with evaluate)
-def resolve_device(name: str) -> torch.device:
-    """auto = cuda when present, else cpu; an unavailable cuda is an error, not a fallback."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as error:
-        raise ConfigError(f"device={name!r} is invalid: {error}") from error
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(
-            f"device={name!r} is invalid: CUDA is not available here (use cpu or auto)"
-        )
-    return device
-
-
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     """auto = bf16 on cuda (a 20B model then fits one 80 GB GPU), fp32 elsewhere."""
     if name == "auto":
@@ -79,27 +62,6 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
             f"dtype={name!r} is invalid: valid are ['auto', {', '.join(map(repr, DTYPES))}]"
         )
     return DTYPES[name]
-
-
-def load_for_inference(
-    path: str | Path, device: torch.device, dtype: torch.dtype
-) -> tuple[GptOss, dict[str, Any]]:
-    """(model in eval mode, the run config stored with it or {}).
-
-    A Hugging Face directory loads onto the device in dtype, MXFP4 experts dequantized there
-    tensor by tensor (gpt_oss.hf). Our checkpoints are read on the CPU, so their optimizer state
-    never reaches the GPU, and only the weights move.
-    """
-    path = Path(path)
-    if path.is_dir() and (path / "config.json").is_file():
-        return import_hf(path, dtype=dtype, device=device).eval(), {}
-    payload = read_checkpoint(resolve_checkpoint(path), map_location="cpu")
-    config = ModelConfig.from_dict(payload["model_config"])
-    state = {
-        k: v.to(device, dtype if v.is_floating_point() else v.dtype)
-        for k, v in payload["model"].items()
-    }
-    return build_with_state(config, state, device).eval(), payload.get("run_config") or {}
 
 
 # ------------------------------------------------------------------ prompts and tokens
@@ -151,7 +113,7 @@ def run(cfg: DictConfig, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> 
     if cfg.batch_size < 1:
         raise ConfigError(f"batch_size={cfg.batch_size} is invalid: must be >= 1")
     device = resolve_device(cfg.device)
-    model, _ = load_for_inference(cfg.checkpoint, device, resolve_dtype(cfg.dtype, device))
+    model, _ = load_with_run_config(cfg.checkpoint, device, resolve_dtype(cfg.dtype, device))
     results = []
     for first in range(0, len(prompts), cfg.batch_size):
         batch = slice(first, first + cfg.batch_size)

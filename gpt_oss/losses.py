@@ -32,19 +32,13 @@ def linear_cross_entropy(
     if chunk_tokens <= 0:
         logits = F.linear(hidden, weight)  # (N, V)
         return F.cross_entropy(logits.float(), targets, ignore_index=IGNORE_INDEX)
-    dtype = _matmul_dtype(hidden)
+    dtype = moe.compute_dtype(hidden)
     if not torch.is_grad_enabled():  # evaluation: no gradients to form in the forward pass
         hidden, weight = hidden.detach(), weight.detach()
     with torch.autocast(hidden.device.type, enabled=False):
         return _ChunkedLinearCrossEntropy.apply(
             hidden, weight, targets, chunk_tokens, dtype, compiled
         )
-
-
-def _matmul_dtype(x: torch.Tensor) -> torch.dtype:
-    if torch.is_autocast_enabled(x.device.type):
-        return torch.get_autocast_dtype(x.device.type)
-    return x.dtype
 
 
 VOCAB_BLOCK = 16384  # weight rows per matmul when the logit gradient is kept
@@ -250,7 +244,7 @@ def _accumulate(total: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
 def load_balancing_loss(routing: Routing, num_experts: int) -> torch.Tensor:
     """Switch-style: E * sum_i (fraction of assignments to i) * (mean router probability of i)."""
     probs = torch.softmax(routing.logits.float(), dim=-1)  # (N, E)
-    assigned = expert_counts(routing, num_experts).float()
+    assigned = moe.expert_counts(routing.experts, num_experts).float()
     fraction = assigned / assigned.sum()
     return num_experts * (fraction * probs.mean(dim=0)).sum()
 
@@ -259,7 +253,3 @@ def router_z_loss(routing: Routing) -> torch.Tensor:
     """Mean squared log-partition of the router logits (ST-MoE): keeps logits small."""
     return torch.logsumexp(routing.logits.float(), dim=-1).pow(2).mean()
 
-
-def expert_counts(routing: Routing, num_experts: int) -> torch.Tensor:
-    """How many token assignments each expert received: (E,)."""
-    return moe.expert_counts(routing.experts, num_experts)

@@ -58,14 +58,15 @@ def measured_matmul_flops(device_type: str, dtype: torch.dtype, size: int = 2048
     b = torch.randn(size, size, device=device_type, dtype=dtype)
     best = math.inf
     for _ in range(4):
-        _sync(device_type)
+        synchronize(device_type)
         start = time.perf_counter()
         a @ b
-        _sync(device_type)
+        synchronize(device_type)
         best = min(best, time.perf_counter() - start)
     return 2 * size**3 / best
 
 
-def _sync(device_type: str) -> None:
-    if device_type == "cuda":
-        torch.cuda.synchronize()
+def synchronize(device: torch.device | str) -> None:
+    """Wait for the device's queued work (a no-op on the CPU): before and after a timing."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)

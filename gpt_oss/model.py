@@ -12,12 +12,11 @@ from torch import nn
 from gpt_oss.attention import attention_eager, attention_flex, attention_mask, attention_sdpa
 from gpt_oss.config import ModelConfig
 from gpt_oss.losses import (
-    expert_counts,
     linear_cross_entropy,
     load_balancing_loss,
     router_z_loss,
 )
-from gpt_oss.moe import MoE, Routing
+from gpt_oss.moe import MoE, Routing, expert_counts
 
 
 class RMSNorm(nn.Module):
@@ -326,7 +325,7 @@ class GptOss(nn.Module):
         cfg = self.config
         aux = torch.stack([load_balancing_loss(r, cfg.num_experts) for r in routings]).mean()
         z = torch.stack([router_z_loss(r) for r in routings]).mean()
-        counts = torch.stack([expert_counts(r, cfg.num_experts) for r in routings])
+        counts = torch.stack([expert_counts(r.experts, cfg.num_experts) for r in routings])
         total = ce + cfg.router_z_loss_coef * z
         if cfg.balancing == "aux_loss":
             total = total + cfg.router_aux_loss_coef * aux

@@ -87,7 +87,7 @@ class Experts(nn.Module):
         order = torch.argsort(flat, stable=True)
         token = order // top_k  # which token each sorted row came from
         counts = expert_counts(flat, self.gate_up_proj.shape[0])
-        dtype = _compute_dtype(x)
+        dtype = compute_dtype(x)
         # index_select, not x[token]: its backward is an index_add, not a serial accumulate
         rows = x.index_select(0, token).to(dtype)  # (N*k, H), grouped by expert
         layout = GroupLayout.of(flat[order], counts, _group_multiple(x))
@@ -152,7 +152,8 @@ def expert_counts(experts: torch.Tensor, num_experts: int) -> torch.Tensor:
     return counts.index_add_(0, experts.flatten(), torch.ones_like(experts.flatten()))
 
 
-def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+def compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype matmuls on x run in: autocast's when it is on, else x's."""
     if torch.is_autocast_enabled(x.device.type):
         return torch.get_autocast_dtype(x.device.type)
     return x.dtype

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+from gpt_oss.metrics import synchronize
 from gpt_oss.model import GptOss, KVCache
 from gpt_oss.tokenizer import ENDOFTEXT_ID
 
@@ -127,11 +128,6 @@ class Generation:
         return self.decode_tokens / self.decode_seconds if self.decode_seconds > 0 else float("nan")
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 class _Decoder:
     """Steps a batch forward: through the KV cache, or (use_cache=False) by recomputing the
     whole sequence each step, the reference the cache is tested against."""
@@ -187,7 +183,7 @@ def generate(
 
     started = time.perf_counter()
     tokens = sample_next(decoder.prefill(), sampling, generator)
-    _sync(device)
+    synchronize(device)
     prefill_seconds = time.perf_counter() - started
     decode_tokens = 0
     for step in range(max_new_tokens):
@@ -197,7 +193,7 @@ def generate(
             break
         done = torch.tensor([not r for r in running], device=device)
         tokens = sample_next(decoder.step(tokens.masked_fill(done, pad_id)), sampling, generator)
-    _sync(device)
+    synchronize(device)
     decode_seconds = time.perf_counter() - started - prefill_seconds
     prompt_tokens = sum(len(p) for p in prompts)
     return Generation(

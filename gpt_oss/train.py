@@ -103,11 +103,11 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     With trainer.parallel=ddp|fsdp every process that torchrun or SLURM started runs this; they
     join one process group and train in rank 0's run directory, which rank 0 alone writes.
     """
-    from gpt_oss.trainer import resolve_device
+    from gpt_oss.config import resolve_device
 
     parts = build(cfg)
     trainer_config = parts["trainer_config"]
-    with distributed.process_group(trainer_config.parallel, resolve_device(trainer_config.device)) as world:
+    with distributed.process_group(trainer_config.parallel, resolve_device(trainer_config.device, "trainer.device")) as world:
         run_dir = Path(distributed.broadcast_object(str(run_dir)))  # rank 0's ${now:...} wins
         if not world.is_main:
             _drop_log_files()

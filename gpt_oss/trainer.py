@@ -17,7 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from gpt_oss.checkpoint import read_checkpoint, save_checkpoint
-from gpt_oss.config import ConfigError
+from gpt_oss.config import ConfigError, resolve_device
 from gpt_oss.distributed import (
     PARALLEL_MODES,
     checkpoint_blocks,
@@ -136,17 +136,6 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite."""
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(
-            f"trainer.device={name!r} is invalid: CUDA is not available here (use cpu or auto)"
-        )
-    return device
-
-
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     """None = plain float32; otherwise the autocast dtype."""
     if precision == "auto":
@@ -213,7 +202,7 @@ class Trainer:
         config.validate(self.world.size)
         self.config, self.data = config, data
         self.run_dir = Path(run_dir)
-        self.device = rank_device(resolve_device(config.device), self.world)
+        self.device = rank_device(resolve_device(config.device, "trainer.device"), self.world)
         self.dtype = autocast_dtype(config.precision, self.device)
         self.model = place_model(model, self.device, config.parallel)
         if config.activation_checkpointing:
@@ -337,14 +326,8 @@ class Trainer:
             log.warning("loss is %s at step %d: step skipped (%d so far)", loss, step, self.skipped)
             self.schedule.step()
             return StepStats(loss, ce, aux, z, math.nan, counts, skipped=True)
-        last = (
-            self.run_dir / "checkpoints" / ("last.pt" if self.config.parallel == "none" else "last")
-        )
-        kept = (
-            f"the last good checkpoint is kept at {last}"
-            if last.exists()
-            else "no checkpoint was written"
-        )
+        last = _last_checkpoint(self.run_dir / "checkpoints", self.config.parallel != "none")
+        kept = f"the last good checkpoint is kept at {last}" if last else "no checkpoint was written"
         raise TrainingDiverged(f"loss is {loss} at step {step}; training stopped, {kept}")
 
     @torch.no_grad()

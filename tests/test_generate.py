@@ -19,9 +19,9 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from safetensors.torch import load_file, save_file
 
-from gpt_oss.checkpoint import save_checkpoint
+from gpt_oss.checkpoint import load_with_run_config, save_checkpoint
 from gpt_oss.config import ConfigError
-from gpt_oss.generate import encode_prompt, load_for_inference, run, token_id
+from gpt_oss.generate import encode_prompt, run, token_id
 from gpt_oss.hf import dequantize_mxfp4, export_hf
 from gpt_oss.model import KVCache
 from gpt_oss.sampling import (
@@ -272,7 +272,7 @@ def test_cli_streams_one_prompt_and_reports_speed(tiny_checkpoint):
     )
     out, err = io.StringIO(), io.StringIO()
     [result] = run(cfg, out, err)
-    model, _ = load_for_inference(tiny_checkpoint, torch.device("cpu"), torch.float32)
+    model, _ = load_with_run_config(tiny_checkpoint, torch.device("cpu"), torch.float32)
     prompt = [ENDOFTEXT_ID, *get_tokenizer().encode("Once upon a time")]
     assert result.tokens == generate(model, [prompt], 12, stop_tokens=()).tokens
     assert out.getvalue() == "Once upon a time" + get_tokenizer().decode(result.tokens[0]) + "\n"
