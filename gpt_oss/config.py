@@ -12,6 +12,8 @@ LAYER_TYPES = ("sliding_attention", "full_attention")
 ATTN_IMPLS = ("eager", "sdpa", "flex")
 MOE_IMPLS = ("loop", "grouped")
 BALANCING = ("aux_loss", "bias", "none")
+# Fields that choose kernels, not weights or maths: a checkpoint loads or resumes under any.
+IMPLEMENTATION_FIELDS = ("attn_impl", "moe_impl", "loss_chunk_tokens")
 
 
 class ConfigError(ValueError):

@@ -16,6 +16,7 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 
 from gpt_oss.config import ConfigError
+from gpt_oss.hf import CheckpointError
 from gpt_oss.train import build, run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -139,6 +140,17 @@ def _losses(run_dir: Path) -> list[tuple[tuple[int, str], float]]:
 def _has_step(run_dir: Path, step: int) -> bool:
     path = run_dir / "metrics.jsonl"
     return path.exists() and f'"step": {step},' in path.read_text()
+
+
+def test_resume_accepts_other_kernels_and_refuses_another_shape(tmp_path):
+    first = tmp_path / "first"
+    run(compose_run(*tiny_overrides(tmp_path, "trainer.max_steps=4")), first)
+    resumed = tmp_path / "resumed"  # same weights, another attention and experts kernel
+    kernels = ["model.attn_impl=eager", "model.moe_impl=loop", f"trainer.resume={first}"]
+    summary = run(compose_run(*tiny_overrides(tmp_path, "trainer.max_steps=6", *kernels)), resumed)
+    assert summary["steps"] == 6 and [r["step"] for r in read_records(resumed)][-1] == 6
+    with pytest.raises(CheckpointError, match="hidden_size"):
+        run(compose_run(*tiny_overrides(tmp_path, "trainer.max_steps=6", "model.hidden_size=32", f"trainer.resume={first}")), tmp_path / "other")
 
 
 def test_nan_loss_stops_with_the_step_and_keeps_the_last_checkpoint(tmp_path):
