@@ -34,6 +34,7 @@ from torch.autograd import DeviceType
 
 from gpt_oss.config import ConfigError, ModelConfig
 from gpt_oss.metrics import flops_per_token, peak_flops, synchronize
+from gpt_oss.paths import CONF_DIR
 from gpt_oss.schema import RunConfig
 from gpt_oss.train import build
 
@@ -556,7 +557,7 @@ def random_batches(vocab_size: int, trainer_config, seed: int, device: torch.dev
     return next_batch
 
 
-@hydra.main(version_base=None, config_path="../conf", config_name="bench")
+@hydra.main(version_base=None, config_path=CONF_DIR, config_name="bench")
 def main(cfg: DictConfig) -> None:
     try:
         run(cfg)

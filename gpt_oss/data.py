@@ -88,7 +88,6 @@ FILE_KINDS = {
 AUTO_CHECKSUM_MAX_BYTES = 2 * 1024**3  # ~1.2 s of sha256 on this machine's one core
 HUB_PROBE_TIMEOUT_S = 3.0
 CHUNK_DOCUMENTS = 1024  # per worker task: ~0.1 s of work, small enough for a smooth progress bar
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 TOKEN_DTYPE = np.dtype("<u4")  # little-endian uint32 on every host: ids reach 201087
 
 
@@ -1236,17 +1235,18 @@ def format_summary(prepared: PreparedData, seconds: float) -> str:
 
 def main() -> None:
     """Hydra entry point: compose conf/config.yaml, prepare `data`, print the summary."""
+    import sys
+
     import hydra  # here, not at the top: library code never imports Hydra
     from hydra.utils import instantiate
     from omegaconf import DictConfig
 
     from gpt_oss import schema
+    from gpt_oss.paths import CONF_DIR
 
     schema.register()
 
-    # An absolute path: this runs as gpt_oss.data (see the bottom), where "../conf" would be
-    # read as a Python package.
-    @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base=None)
+    @hydra.main(config_path=CONF_DIR, config_name="config", version_base=None)
     def run(cfg: DictConfig) -> None:
         config = instantiate(cfg.data, _convert_="all")
         start = time.perf_counter()
@@ -1257,6 +1257,9 @@ def main() -> None:
             raise SystemExit(2) from error
         print(format_summary(prepared, time.perf_counter() - start), flush=True)
 
+    # Preparing data only prints: no run directory, .hydra folder or log file (given first, so
+    # the user's own hydra.* overrides still win).
+    sys.argv[1:1] = ["hydra.run.dir=.", "hydra.output_subdir=null", "hydra/job_logging=stdout"]
     run()
 
 

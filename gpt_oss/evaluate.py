@@ -33,6 +33,7 @@ from gpt_oss.hf import CheckpointError
 from gpt_oss.losses import IGNORE_INDEX
 from gpt_oss.metrics import bits_per_byte
 from gpt_oss.model import GptOss
+from gpt_oss.paths import CONF_DIR
 from gpt_oss.tokenizer import ENDOFTEXT_ID, get_tokenizer
 
 DEFAULT_CONTEXT = 1024  # when the checkpoint does not say what it was trained on
@@ -230,7 +231,7 @@ def run(cfg: DictConfig) -> Score:
     return score
 
 
-@hydra.main(version_base=None, config_path="../conf", config_name="evaluate")
+@hydra.main(version_base=None, config_path=CONF_DIR, config_name="evaluate")
 def main(cfg: DictConfig) -> None:
     try:
         run(cfg)

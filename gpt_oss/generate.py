@@ -25,6 +25,7 @@ from gpt_oss.checkpoint import load_with_run_config
 from gpt_oss.config import DTYPES, ConfigError, resolve_device
 from gpt_oss.hf import CheckpointError
 from gpt_oss.model import GptOss
+from gpt_oss.paths import CONF_DIR
 from gpt_oss.sampling import Generation, SamplingConfig, StreamDecoder, TokenCallback, generate
 from gpt_oss.tokenizer import get_tokenizer
 
@@ -176,7 +177,7 @@ def speed_report(result: Generation) -> str:
     )
 
 
-@hydra.main(version_base=None, config_path="../conf", config_name="generate")
+@hydra.main(version_base=None, config_path=CONF_DIR, config_name="generate")
 def main(cfg: DictConfig) -> None:
     try:
         run(cfg)

@@ -12,6 +12,7 @@ from omegaconf import DictConfig
 
 from gpt_oss.config import ModelConfig
 from gpt_oss.model import GptOss
+from gpt_oss.paths import CONF_DIR
 
 ADAMW_BYTES_PER_PARAM = 16  # fp32 master weight + fp32 grad + two fp32 moments
 MXFP4_BYTES_PER_VALUE = (4 + 8 / 32) / 8  # a 4-bit code plus one 8-bit scale per 32 values
@@ -183,7 +184,7 @@ def _human(count: int) -> str:
     return str(count)
 
 
-@hydra.main(version_base=None, config_path="../conf", config_name="info")
+@hydra.main(version_base=None, config_path=CONF_DIR, config_name="info")
 def main(cfg: DictConfig) -> None:
     config = model_config(cfg.model)
     counts = parameter_counts(config)

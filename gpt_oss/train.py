@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import inspect
 import logging
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -26,6 +28,7 @@ from omegaconf.errors import InterpolationResolutionError
 from gpt_oss import distributed, schema
 from gpt_oss.config import ConfigError, ModelConfig
 from gpt_oss.hf import CheckpointError
+from gpt_oss.paths import CONF_DIR
 
 log = logging.getLogger("gpt_oss.train")
 schema.register()
@@ -183,7 +186,7 @@ def pin_sweep_gpu() -> str | None:
     return gpu
 
 
-@hydra.main(version_base=None, config_path="../conf", config_name="config")
+@hydra.main(version_base=None, config_path=CONF_DIR, config_name="config")
 def main(cfg: DictConfig) -> float:
     pin_sweep_gpu()  # first: CUDA reads CUDA_VISIBLE_DEVICES once, at its first use
     run_dir = Path(HydraConfig.get().runtime.output_dir)
@@ -191,8 +194,38 @@ def main(cfg: DictConfig) -> float:
         summary = run(cfg, run_dir)
     except (ConfigError, CheckpointError, InterpolationResolutionError, _data_error()) as error:
         log.error("%s: %s", type(error).__name__, error)
+        discard_unused_run_dir(run_dir)
         raise SystemExit(2) from error
+    except BaseException:
+        discard_unused_run_dir(run_dir)
+        raise
     return summary["best_val_loss"]  # what a sweeper (e.g. Optuna) minimises
+
+
+def discard_unused_run_dir(run_dir: Path) -> bool:
+    """Remove the run directory Hydra made for a run that failed before writing anything of its
+    own (only .hydra/ and the log are there; the error went to the console too), and its date
+    folder if that is left empty. A directory holding anything else is never touched."""
+    run_dir = run_dir.resolve()
+    hydra_files = {".hydra", f"{HydraConfig.get().job.name}.log"}
+    names = {p.name for p in run_dir.iterdir()} if run_dir.is_dir() else set()
+    if ".hydra" not in names or not names <= hydra_files or run_dir == Path.cwd().resolve():
+        return False
+    for handler in [h for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)]:
+        if Path(handler.baseFilename).parent == run_dir:
+            logging.getLogger().removeHandler(handler)
+            handler.close()
+    shutil.rmtree(run_dir)
+    parent = run_dir.parent
+    if re.fullmatch(r"\d{4}-\d{2}-\d{2}", parent.name) and not any(parent.iterdir()):
+        parent.rmdir()  # outputs/runs/<date>/ of the default hydra.run.dir, now empty
+    return True
+
+
+def cli() -> None:
+    """Console script `gpt-oss-train`: as `python -m gpt_oss.train`."""
+    sys.argv += follower_overrides(sys.argv[1:])  # before Hydra makes the run directory
+    main()
 
 
 def _data_error() -> type[Exception]:
@@ -202,5 +235,4 @@ def _data_error() -> type[Exception]:
 
 
 if __name__ == "__main__":
-    sys.argv += follower_overrides(sys.argv[1:])  # before Hydra makes the run directory
-    main()
+    cli()
