@@ -39,6 +39,7 @@ from gpt_oss.hf import CheckpointError
 from gpt_oss.metrics import bits_per_byte, flops_per_token, peak_flops
 from gpt_oss.model import GptOss
 from gpt_oss.plots import plot_losses
+from gpt_oss.retention import CHECKPOINT_BEST, keep_snapshot, link_checkpoint
 from gpt_oss.runtime import keep_freed_memory
 from gpt_oss.tracking import MetricsFile, NullLogger, read_metrics
 
@@ -59,6 +60,12 @@ class TrainerConfig:
     eval_every: int = 200
     eval_batches: int = 20  # validation windows per evaluation, in micro-batches
     checkpoint_every: int = 500
+    # Disk: snapshots every checkpoint_every steps kept (last.pt is the newest; older ones are
+    # checkpoints/step_N.pt hard links; 0 = none, no resume); best.pt as "weights" (model only:
+    # generate, evaluate, export, init_from), "full" (resumable; a hard link when saved at the
+    # step last.pt was) or "none". ddp/fsdp: best/ is always a full sharded checkpoint.
+    checkpoint_keep: int = 1
+    checkpoint_best: str = "weights"
     log_every: int = 10
     resume: str | None = (
         None  # a run dir, a checkpoint file, or "auto" (this run dir if it has one)
@@ -100,6 +107,15 @@ class TrainerConfig:
         if self.precision not in PRECISIONS:
             raise ConfigError(
                 f"trainer.precision={self.precision!r} is invalid: valid are {PRECISIONS}"
+            )
+        if not isinstance(self.checkpoint_keep, int) or self.checkpoint_keep < 0:
+            raise ConfigError(
+                f"trainer.checkpoint_keep={self.checkpoint_keep!r} is invalid: must be an "
+                "integer >= 0 (0 = no periodic checkpoint)"
+            )
+        if self.checkpoint_best not in CHECKPOINT_BEST:
+            raise ConfigError(
+                f"trainer.checkpoint_best={self.checkpoint_best!r} is invalid: valid are {CHECKPOINT_BEST}"
             )
         if self.nan_policy not in NAN_POLICIES:
             raise ConfigError(
@@ -278,15 +294,37 @@ class Trainer:
         """Evaluate and checkpoint when due; True if anything was done."""
         cfg, final = self.config, self.step == self.config.max_steps
         evaluate = self.step % cfg.eval_every == 0 or final
-        save = self.step % cfg.checkpoint_every == 0 or final
+        save = (self.step % cfg.checkpoint_every == 0 or final) and cfg.checkpoint_keep > 0
+        improved = False
         if evaluate:
             val = self.evaluate()
             if val["loss"] < self.best_val:
-                self.best_val = val["loss"]
-                self.save("best")
+                self.best_val, improved = val["loss"], True
         if save:
             self.save("last")
+            if cfg.checkpoint_keep > 1 and self.world.is_main:
+                sharded = cfg.parallel != "none"
+                keep_snapshot(self.run_dir / "checkpoints", self.step, cfg.checkpoint_keep, sharded)
+        if improved:
+            self.save_best(same_step_as_last=save)
         return evaluate or save
+
+    def save_best(self, same_step_as_last: bool) -> None:
+        """checkpoints/best as trainer.checkpoint_best says: weights only, the full state (a
+        hard link to last when that was saved at this step), or nothing."""
+        mode, folder = self.config.checkpoint_best, self.run_dir / "checkpoints"
+        sharded = self.config.parallel != "none"
+        if mode == "none":
+            return
+        if mode == "weights" and not sharded:
+            save_checkpoint(folder / "best.pt", self.model, step=self.step, best_val=self.best_val,
+                            tokens_seen=self.tokens_seen, run_config=self.run_config)  # fmt: skip
+        elif same_step_as_last:
+            if self.world.is_main:  # the other ranks never read best/
+                name = "{}" if sharded else "{}.pt"
+                link_checkpoint(folder / name.format("last"), folder / name.format("best"))
+        else:
+            self.save("best")
 
     def _autocast(self):
         if self.dtype is None:
