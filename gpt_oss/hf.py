@@ -8,7 +8,6 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
 from gpt_oss.config import ModelConfig
 from gpt_oss.model import GptOss, yarn_inverse_frequencies
@@ -55,8 +54,8 @@ def hf_config(config: ModelConfig) -> dict:
             "original_max_position_embeddings": config.initial_context_length,
         },
     }
-    if config.vocab_size > ENDOFTEXT_ID:
-        out["eos_token_id"] = ENDOFTEXT_ID
+    if config.vocab_size > ENDOFTEXT_ID:  # our models see <|endoftext|> before every document
+        out |= dict.fromkeys(("bos_token_id", "eos_token_id", "pad_token_id"), ENDOFTEXT_ID)
     return out
 
 
@@ -78,8 +77,17 @@ def config_from_hf(values: dict, **overrides) -> ModelConfig:
     return ModelConfig(**(ours | overrides))
 
 
-def export_hf(model: GptOss, directory: str | Path, dtype: torch.dtype | None = None) -> Path:
-    """Write config.json and safetensors shards that GptOssForCausalLM.from_pretrained loads."""
+def export_hf(
+    model: GptOss,
+    directory: str | Path,
+    dtype: torch.dtype | None = None,
+    max_shard_size: int | str | None = None,
+) -> Path:
+    """Write config.json and safetensors weights that GptOssForCausalLM.from_pretrained loads:
+    model.safetensors, or shards of at most max_shard_size (bytes or "5GB"; default SHARD_BYTES)
+    with model.safetensors.index.json, written by huggingface_hub's own sharding writer."""
+    from huggingface_hub import save_torch_state_dict
+
     directory = Path(directory)
     if any(b.mlp.router.selection_bias.any() for b in model.layers):
         raise CheckpointError(
@@ -95,31 +103,9 @@ def export_hf(model: GptOss, directory: str | Path, dtype: torch.dtype | None = 
         key = name if name.startswith("lm_head.") else f"model.{name}"
         tensors[key] = tensor.detach().to(dtype or tensor.dtype).contiguous().cpu()
     config["torch_dtype"] = str(dtype or model.lm_head.weight.dtype).removeprefix("torch.")
-    _write_shards(tensors, directory)
+    save_torch_state_dict(tensors, directory, max_shard_size=max_shard_size or SHARD_BYTES)
     (directory / "config.json").write_text(json.dumps(config, indent=2))
     return directory
-
-
-def _write_shards(tensors: dict[str, torch.Tensor], directory: Path) -> None:
-    shards, current, size = [], {}, 0
-    for key, tensor in tensors.items():
-        nbytes = tensor.numel() * tensor.element_size()
-        if current and size + nbytes > SHARD_BYTES:
-            shards.append(current)
-            current, size = {}, 0
-        current[key], size = tensor, size + nbytes
-    shards.append(current)
-    if len(shards) == 1:
-        save_file(shards[0], directory / "model.safetensors", metadata={"format": "pt"})
-        return
-    weight_map = {}
-    for i, shard in enumerate(shards):
-        name = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
-        save_file(shard, directory / name, metadata={"format": "pt"})
-        weight_map |= dict.fromkeys(shard, name)
-    total = sum(t.numel() * t.element_size() for t in tensors.values())
-    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
-    (directory / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
 
 
 def dequantize_mxfp4(blocks: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
