@@ -73,7 +73,21 @@ def build(cfg: DictConfig) -> dict[str, Any]:
         "data_config": make(cfg.data, "data"),
         "optimizer": optimizer,
         "schedule": schedule,
+        "init_weights": init_weights(model_config, trainer_config),
     }
+
+
+def init_weights(model_config: ModelConfig, trainer_config: Any) -> Any:
+    """trainer.init_from's weights, loaded and checked against the model now (before any data is
+    prepared); None without init_from."""
+    if not trainer_config.init_from:
+        return None
+    if trainer_config.meta_init:
+        raise ConfigError("trainer.init_from cannot be combined with trainer.meta_init=true: "
+                          "the weights come from init_from; set trainer.meta_init=false")  # fmt: skip
+    from gpt_oss.weights import load_init_weights
+
+    return load_init_weights(model_config, trainer_config.init_from)
 
 
 def job_identity(cfg: DictConfig) -> tuple[str | None, str | None]:
@@ -127,6 +141,10 @@ def _train(cfg: DictConfig, parts: dict[str, Any], run_dir: Path, world: distrib
     seed_everything(parts["trainer_config"].seed)
     model = distributed.build_model(parts["model_config"], meta=parts["trainer_config"].meta_init)
     run_config = OmegaConf.to_container(cfg, resolve=True)
+    if parts["init_weights"] is not None:  # a new run from another run's (or model's) weights
+        from gpt_oss.weights import initialize_from
+
+        run_config["init_from"] = initialize_from(model, parts.pop("init_weights"))
     run_config["data"]["fallback"] = data.fallback  # None, or why TinyStories was replaced
     run_config["data_prepared"] = data.summary()  # what was actually read: source, sizes, sha256
     if data.fallback and hasattr(logger, "tags"):

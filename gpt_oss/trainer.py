@@ -70,6 +70,9 @@ class TrainerConfig:
     resume: str | None = (
         None  # a run dir, a checkpoint file, or "auto" (this run dir if it has one)
     )
+    # A new run (step 0, fresh optimizer) from these weights: a run dir, a checkpoint or a
+    # Hugging Face directory (fine-tuning); resume, when it finds a checkpoint, takes precedence.
+    init_from: str | None = None
     device: str = "auto"  # auto = cuda when present, else cpu
     precision: str = "auto"  # auto = bf16 autocast on GPU, float32 on CPU
     compile: bool = False  # torch.compile each block and the chunked loss's softmax
