@@ -9,7 +9,6 @@ logger are open dicts because their keys depend on the chosen target.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, make_dataclass
-from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
@@ -18,6 +17,7 @@ from omegaconf import MISSING, Container, OmegaConf
 from gpt_oss.config import ConfigError, ModelConfig, layer_pattern
 from gpt_oss.data import DataConfig
 from gpt_oss.gpu_pool import gpu_count
+from gpt_oss.paths import config_root
 from gpt_oss.trainer import TrainerConfig
 
 
@@ -71,8 +71,9 @@ def layers_resolver(name: str, num_layers: int | None = None, *, _parent_: Conta
 
 
 def repo_dir() -> str:
-    """`${repo_dir:}`: the source checkout (conf/, experiments/), wherever the command runs."""
-    return str(Path(__file__).resolve().parents[1])
+    """`${repo_dir:}`: the folder holding conf/ and experiments/, wherever the command runs: the
+    source checkout, or the installed package folder (never site-packages itself)."""
+    return str(config_root())
 
 
 # At import, not in register(): multirun workers compose configs (hydra.searchpath, sweeps) in
