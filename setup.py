@@ -8,7 +8,11 @@ pyproject.toml alone cannot list found packages plus mapped ones, hence this fil
 from setuptools import find_packages, setup
 
 setup(
-    packages=[*find_packages(include=["gpt_oss", "gpt_oss.*"]), "gpt_oss.conf", "gpt_oss.experiments"],
+    packages=[
+        *find_packages(include=["gpt_oss", "gpt_oss.*"]),
+        "gpt_oss.conf",
+        "gpt_oss.experiments",
+    ],
     package_dir={"gpt_oss.conf": "conf", "gpt_oss.experiments": "experiments"},
     # Configs only: the studies' READMEs, tables and plots stay in the repository.
     package_data={"gpt_oss.conf": ["**/*.yaml"], "gpt_oss.experiments": ["**/*.yaml"]},

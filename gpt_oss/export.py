@@ -65,18 +65,24 @@ def export_run(
     if config.vocab_size >= VOCAB_SIZE:
         tokenizer = build_tokenizer(config.vocab_size, config.max_position_embeddings)
     else:
-        log.warning("vocab_size=%d is not o200k_harmony's: exporting no tokenizer", config.vocab_size)
+        log.warning(
+            "vocab_size=%d is not o200k_harmony's: exporting no tokenizer", config.vocab_size
+        )
     export_hf(found.model, out, dtype, max_shard_size)
     if tokenizer is not None:
         save_tokenizer(tokenizer, out)
-    (out / "generation_config.json").write_text(json.dumps(generation_config(config.vocab_size), indent=2) + "\n")
+    (out / "generation_config.json").write_text(
+        json.dumps(generation_config(config.vocab_size), indent=2) + "\n"
+    )
     facts = training_facts(found.state, found.run_dir)
     command = command or shlex.join(["gpt-oss-export", str(source), str(out)])
     model_card(config, facts, name or out.name, command).save(out / "README.md")
     return out
 
 
-def push_to_hub(directory: str | Path, repo_id: str, private: bool = False, token: str | None = None) -> str:
+def push_to_hub(
+    directory: str | Path, repo_id: str, private: bool = False, token: str | None = None
+) -> str:
     """Create the model repository (if needed) and upload `directory` to it; returns the
     commit URL. Raises huggingface_hub's errors (no network, no token, no permission)."""
     from huggingface_hub import HfApi
@@ -102,13 +108,23 @@ def check_out_dir(out: Path, overwrite: bool) -> None:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="gpt-oss-export", description=__doc__.split("\n")[0])
-    parser.add_argument("source", type=Path, help="a run directory, a checkpoint, or a sharded checkpoint directory")
+    parser.add_argument(
+        "source", type=Path, help="a run directory, a checkpoint, or a sharded checkpoint directory"
+    )
     parser.add_argument("out", type=Path, help="the Hugging Face model directory to write")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), help="cast floating weights (default: as saved)")
-    parser.add_argument("--max-shard-size", default="5GB", help="largest safetensors file (default 5GB)")
-    parser.add_argument("--push-to-hub", metavar="REPO", help="then upload to this Hub repository (user/name)")
+    parser.add_argument(
+        "--dtype", choices=sorted(DTYPES), help="cast floating weights (default: as saved)"
+    )
+    parser.add_argument(
+        "--max-shard-size", default="5GB", help="largest safetensors file (default 5GB)"
+    )
+    parser.add_argument(
+        "--push-to-hub", metavar="REPO", help="then upload to this Hub repository (user/name)"
+    )
     parser.add_argument("--private", action="store_true", help="create the Hub repository private")
-    parser.add_argument("--overwrite", action="store_true", help="write into a non-empty out directory")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="write into a non-empty out directory"
+    )
     return parser.parse_args(argv)
 
 
@@ -118,7 +134,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         check_out_dir(args.out, args.overwrite)
         dtype = DTYPES.get(args.dtype)
-        out = export_run(args.source, args.out, dtype, args.max_shard_size, command, args.push_to_hub)
+        out = export_run(
+            args.source, args.out, dtype, args.max_shard_size, command, args.push_to_hub
+        )
     except (CheckpointError, ValueError, RuntimeError) as error:
         print(f"{type(error).__name__}: {error}", file=sys.stderr)
         return 2
@@ -127,8 +145,10 @@ def main(argv: list[str] | None = None) -> int:
         try:
             print(f"pushed to {push_to_hub(out, args.push_to_hub, args.private)}")
         except Exception as error:  # network, token, permission: the export itself is done
-            print(f"push to {args.push_to_hub} failed ({type(error).__name__}: {error}); the export "
-                  f"is in {out}: upload it later with `hf upload {args.push_to_hub} {out}`", file=sys.stderr)  # fmt: skip
+            later = f"hf upload {args.push_to_hub} {out}"
+            reason = f"{type(error).__name__}: {error}"
+            print(f"push to {args.push_to_hub} failed ({reason}); the export is in {out}: "
+                  f"upload it later with `{later}`", file=sys.stderr)  # fmt: skip
             return 1
     return 0
 

@@ -31,7 +31,9 @@ class TokenizerExportError(RuntimeError):
 def special_token_names() -> list[str]:
     """One name per special id, FIRST_SPECIAL_ID .. VOCAB_SIZE - 1, as tiktoken decodes it."""
     encoding = get_tokenizer()
-    return [encoding.decode_single_token_bytes(i).decode() for i in range(FIRST_SPECIAL_ID, VOCAB_SIZE)]
+    return [
+        encoding.decode_single_token_bytes(i).decode() for i in range(FIRST_SPECIAL_ID, VOCAB_SIZE)
+    ]
 
 
 @functools.cache  # ~10 s of merges to derive: once per process, however many exports
@@ -56,7 +58,8 @@ def build_tokenizer(vocab_size: int, model_max_length: int) -> Any:
     tokenizer = TikTokenConverter(vocab_file=O200K_URL, pattern=encoding._pat_str).converted()
     if tokenizer.get_vocab_size() != FIRST_SPECIAL_ID:
         raise TokenizerExportError(
-            f"o200k_base converted to {tokenizer.get_vocab_size()} tokens, expected {FIRST_SPECIAL_ID}"
+            f"o200k_base converted to {tokenizer.get_vocab_size()} tokens, "
+            f"expected {FIRST_SPECIAL_ID}"
         )
     names = special_token_names()
     tokenizer.add_special_tokens([AddedToken(n, special=True, normalized=False) for n in names])

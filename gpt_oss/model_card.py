@@ -53,7 +53,9 @@ def training_facts(state: dict[str, Any], run_dir: Path | None) -> TrainingFacts
     facts.best_val = min(val, key=lambda r: r["loss"], default=None)
     overrides = run_dir / ".hydra" / "overrides.yaml"
     if overrides.is_file():
-        facts.command = shlex.join(["python", "-m", "gpt_oss.train", *yaml.safe_load(overrides.read_text())])
+        facts.command = shlex.join(
+            ["python", "-m", "gpt_oss.train", *yaml.safe_load(overrides.read_text())]
+        )
     return facts
 
 
@@ -85,7 +87,7 @@ def _architecture(config: ModelConfig) -> str:
     full = sum(kind == "full_attention" for kind in config.layer_types)
     rows = [
         ("parameters", f"{counts['total']:,} total, {counts['active']:,} active per token"),
-        ("of which embedding / unembedding", f"{counts['embedding']:,} / {counts['unembedding']:,}"),
+        ("embedding / unembedding", f"{counts['embedding']:,} / {counts['unembedding']:,}"),
         ("hidden size", config.hidden_size),
         ("layers", f"{config.num_hidden_layers} ({full} full attention, "
                    f"{config.num_hidden_layers - full} sliding window {config.sliding_window})"),
@@ -121,8 +123,9 @@ def _training(facts: TrainingFacts) -> str:
         lines.append(f"- validation at step {facts.val['step']:,} (these weights): loss "
                      f"{facts.val['loss']:.4f}, {facts.val['bpb']:.4f} bits per byte")  # fmt: skip
     if facts.best_val and facts.best_val is not facts.val:
-        lines.append(f"- best validation: loss {facts.best_val['loss']:.4f}, "
-                     f"{facts.best_val['bpb']:.4f} bits per byte at step {facts.best_val['step']:,}")  # fmt: skip
+        best = facts.best_val
+        lines.append(f"- best validation: loss {best['loss']:.4f}, {best['bpb']:.4f} bits per "
+                     f"byte at step {best['step']:,}")  # fmt: skip
     if facts.command:
         lines += ["", "Command:", "", f"```bash\n{facts.command}\n```"]
     if len(lines) == 2:

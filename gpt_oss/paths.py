@@ -1,4 +1,5 @@
-"""Where the Hydra config tree lives: the checkout's conf/ and experiments/, or their installed copy.
+"""Where the Hydra config tree lives: the checkout's conf/ and experiments/, or their copy
+installed in the package.
 
 The repository keeps conf/ and experiments/ at its top level (DESIGN.md). A wheel or a
 `pip install .` maps them into the package (`gpt_oss/conf/`, `gpt_oss/experiments/`, see

@@ -92,8 +92,8 @@ def load_init_weights(config: ModelConfig, source: str) -> Weights:
     problems += [f"{name}: only in this model" for name in ours if name not in theirs]
     problems += [f"{name}: only there" for name in theirs if name not in ours]
     if problems:
-        differ = {k: (v, weights.model.config.to_dict()[k]) for k, v in config.to_dict().items()
-                  if v != weights.model.config.to_dict()[k]}  # fmt: skip
+        there = weights.model.config.to_dict()
+        differ = {k: (v, there.get(k)) for k, v in config.to_dict().items() if v != there.get(k)}
         raise ConfigError(
             f"trainer.init_from={source!r} does not fit the model: {'; '.join(problems[:6])}"
             + (f" (+{len(problems) - 6} more)" if len(problems) > 6 else "")

@@ -78,16 +78,22 @@ def test_export_writes_config_weights_tokenizer_generation_config_and_card(expor
         "README.md", "config.json", "generation_config.json", "model.safetensors",
         "tokenizer.json", "tokenizer_config.json"]  # fmt: skip
     config = json.loads((exported / "config.json").read_text())
-    assert config["eos_token_id"] == config["bos_token_id"] == config["pad_token_id"] == ENDOFTEXT_ID
+    assert (
+        config["eos_token_id"] == config["bos_token_id"] == config["pad_token_id"] == ENDOFTEXT_ID
+    )
     generation = json.loads((exported / "generation_config.json").read_text())
     assert generation["eos_token_id"] == generation["pad_token_id"] == ENDOFTEXT_ID
     assert (generation["temperature"], generation["top_p"]) == (0.8, 0.95)  # conf/generate.yaml
 
 
-def test_model_card_holds_architecture_counts_data_tokens_bits_per_byte_and_command(exported, trained_run):
+def test_model_card_holds_architecture_counts_data_tokens_bits_per_byte_and_command(
+    exported, trained_run
+):
     card = (exported / "README.md").read_text()
     best = read_checkpoint(trained_run / "checkpoints" / "best.pt")
-    val = next(r for r in read_records(trained_run) if r["split"] == "val" and r["step"] == best["step"])
+    val = next(
+        r for r in read_records(trained_run) if r["split"] == "val" and r["step"] == best["step"]
+    )
     assert card.startswith("---\n") and "library_name: transformers" in card
     assert "pipeline_tag: text-generation" in card
     assert "25,864,912 total" in card  # gpt_oss.info.parameter_counts of model=tiny
@@ -116,7 +122,10 @@ def test_special_tokens_are_mapped_by_id(exported, offline):
         name = ours.decode_single_token_bytes(token_id).decode()
         assert tokenizer.convert_ids_to_tokens(token_id) == name
         assert tokenizer(name, add_special_tokens=False)["input_ids"] == [token_id]
-    assert tokenizer.convert_tokens_to_ids(["<|return|>", "<|reserved_201087|>"]) == [200002, 201087]
+    assert tokenizer.convert_tokens_to_ids(["<|return|>", "<|reserved_201087|>"]) == [
+        200002,
+        201087,
+    ]
 
 
 def test_auto_model_loads_the_export_with_our_logits(exported, trained_run, offline):
@@ -147,7 +156,9 @@ def pipeline_texts(directory: Path, new_tokens: int) -> list[str]:
     return [result[0]["generated_text"] for result in results]
 
 
-def test_pipeline_generates_the_greedy_text_of_our_generate(exported, trained_run, tmp_path, offline):
+def test_pipeline_generates_the_greedy_text_of_our_generate(
+    exported, trained_run, tmp_path, offline
+):
     assert pipeline_texts(exported, 24) == our_generate_cli(trained_run, tmp_path, 24)
 
 
@@ -183,19 +194,29 @@ class StandInHubApi:
         return "https://huggingface.co/me/tiny-stories/commit/0"
 
 
-def test_push_to_hub_creates_the_repo_and_uploads_the_whole_export(trained_run, tmp_path, monkeypatch):
+def test_push_to_hub_creates_the_repo_and_uploads_the_whole_export(
+    trained_run, tmp_path, monkeypatch
+):
     monkeypatch.setattr("huggingface_hub.HfApi", StandInHubApi)
     StandInHubApi.calls, StandInHubApi.fail = [], None
     out = tmp_path / "tiny-stories"
-    assert export_main([str(trained_run), str(out), "--push-to-hub", "me/tiny-stories", "--private"]) == 0
+    assert (
+        export_main([str(trained_run), str(out), "--push-to-hub", "me/tiny-stories", "--private"])
+        == 0
+    )
     (create, repo), (upload, folder) = StandInHubApi.calls
     assert create == "create_repo" and repo["repo_id"] == "me/tiny-stories" and repo["private"]
     assert upload == "upload_folder" and folder["repo_id"] == "me/tiny-stories"
-    assert folder["files"] == sorted(p.name for p in out.iterdir()) and "tokenizer.json" in folder["files"]
+    assert (
+        folder["files"] == sorted(p.name for p in out.iterdir())
+        and "tokenizer.json" in folder["files"]
+    )
     assert 'model="me/tiny-stories"' in (out / "README.md").read_text()  # the card names the repo
 
 
-def test_a_failed_push_keeps_the_export_and_says_how_to_upload_it(trained_run, tmp_path, monkeypatch, capsys):
+def test_a_failed_push_keeps_the_export_and_says_how_to_upload_it(
+    trained_run, tmp_path, monkeypatch, capsys
+):
     monkeypatch.setattr("huggingface_hub.HfApi", StandInHubApi)
     StandInHubApi.calls, StandInHubApi.fail = [], ConnectionError("no network")
     out = tmp_path / "export"
@@ -231,7 +252,9 @@ def test_a_sharded_run_exports_its_consolidated_weights(tmp_path):
 
 # ------------------------------------------------------------------ trainer.init_from
 @pytest.mark.parametrize("source", ["run", "best.pt", "export"])
-def test_init_from_loads_the_weights_of_a_run_a_checkpoint_or_an_export(source, trained_run, exported):
+def test_init_from_loads_the_weights_of_a_run_a_checkpoint_or_an_export(
+    source, trained_run, exported
+):
     path = {"run": trained_run, "best.pt": trained_run / "checkpoints" / "best.pt",
             "export": exported}[source]  # fmt: skip
     target = load_model(trained_run)
@@ -245,8 +268,13 @@ def test_init_from_loads_the_weights_of_a_run_a_checkpoint_or_an_export(source, 
 
 
 def test_init_from_refuses_another_shape_naming_both_shapes(trained_run, tmp_path):
-    cfg = compose_run(*tiny_overrides(tmp_path, f"trainer.init_from={trained_run}", "model.hidden_size=32"))
-    with pytest.raises(ConfigError, match=r"embed_tokens\.weight: \(201088, 32\) in this model, \(201088, 64\) there"):
+    cfg = compose_run(
+        *tiny_overrides(tmp_path, f"trainer.init_from={trained_run}", "model.hidden_size=32")
+    )
+    with pytest.raises(
+        ConfigError,
+        match=r"embed_tokens\.weight: \(201088, 32\) in this model, \(201088, 64\) there",
+    ):
         run(cfg, tmp_path / "run")
     assert not (tmp_path / "cache").exists()  # refused before any data preparation
 
@@ -256,11 +284,21 @@ def test_init_from_starts_a_new_run_from_those_weights(trained_run, exported, tm
     start = load_model(trained_run).state_dict()  # best.pt: what init_from of the run reads
     # Another seed than the trained run's, so a run that ignored init_from would start elsewhere;
     # AdamW moves each weight by about lr a step, so these runs stay next to where they start.
-    settings = ["trainer.seed=7", "trainer.max_steps=2", "optimizer.lr=1e-6", "trainer.checkpoint_every=2"]
+    settings = [
+        "trainer.seed=7",
+        "trainer.max_steps=2",
+        "optimizer.lr=1e-6",
+        "trainer.checkpoint_every=2",
+    ]
     for source in (trained_run, exported):
         run_dir = tmp_path / source.name
-        run(compose_run(*tiny_overrides(tmp_path, f"trainer.init_from={source}", *settings)), run_dir)
-        assert [r["step"] for r in read_records(run_dir) if r["split"] == "train"][0] == 1  # a new run
+        run(
+            compose_run(*tiny_overrides(tmp_path, f"trainer.init_from={source}", *settings)),
+            run_dir,
+        )
+        assert [r["step"] for r in read_records(run_dir) if r["split"] == "train"][
+            0
+        ] == 1  # a new run
         last = read_checkpoint(run_dir / "checkpoints" / "last.pt")
         assert last["run_config"]["trainer"]["init_from"] == str(source)
         assert last["run_config"]["init_from"]["checkpoint"].startswith(str(source))

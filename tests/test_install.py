@@ -23,7 +23,17 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT.parent / "shared" / "data" / "tinystories_sample.jsonl"
 SOURCES = ["gpt_oss", "conf", "experiments", "pyproject.toml", "setup.py", "README.md"]
-SCRIPTS = ["train", "generate", "evaluate", "compare", "export", "consolidate", "bench", "info", "data"]
+SCRIPTS = [
+    "train",
+    "generate",
+    "evaluate",
+    "compare",
+    "export",
+    "consolidate",
+    "bench",
+    "info",
+    "data",
+]
 TIMEOUT = 900  # seconds per command: generous for a loaded 2-core machine
 
 pytestmark = pytest.mark.slow
@@ -42,7 +52,9 @@ def venv(tmp_path_factory) -> Path:
     source.mkdir()
     for name in SOURCES:  # a copy: building writes build/ and *.egg-info beside the sources
         if (ROOT / name).is_dir():
-            shutil.copytree(ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
+            shutil.copytree(
+                ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__")
+            )
         else:
             shutil.copy2(ROOT / name, source / name)
     pip = [sys.executable, "-m", "pip"]
@@ -72,7 +84,9 @@ def command(venv: Path, cwd: Path, *args: str, **env: str) -> subprocess.Complet
     """Run an installed command with only the venv on PATH's front and no PYTHONPATH."""
     environ = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     environ |= {"PATH": f"{venv}{os.pathsep}{environ['PATH']}", "OMP_NUM_THREADS": "1", **env}
-    return subprocess.run(args, cwd=cwd, env=environ, capture_output=True, text=True, timeout=TIMEOUT)
+    return subprocess.run(
+        args, cwd=cwd, env=environ, capture_output=True, text=True, timeout=TIMEOUT
+    )
 
 
 @pytest.fixture(scope="module")
@@ -90,18 +104,30 @@ def trained(venv, elsewhere) -> Path:
 
 
 def test_the_installed_package_is_the_wheel_with_its_configs(venv, elsewhere):
-    done = check(command(venv, elsewhere, "python", "-c", "import gpt_oss.paths as p; print(p.__file__); print(p.CONF_DIR)"))
+    done = check(
+        command(
+            venv,
+            elsewhere,
+            "python",
+            "-c",
+            "import gpt_oss.paths as p; print(p.__file__); print(p.CONF_DIR)",
+        )
+    )
     module, conf = done.stdout.split()
     assert str(venv.parent) in module and not module.startswith(str(ROOT))
     assert Path(conf) == Path(module).parent / "conf" and (Path(conf) / "config.yaml").is_file()
 
 
-def test_console_scripts_train_generate_and_compare_from_another_directory(venv, elsewhere, trained):
+def test_console_scripts_train_generate_and_compare_from_another_directory(
+    venv, elsewhere, trained
+):
     assert (trained / "checkpoints" / "last.pt").is_file() and (trained / "metrics.jsonl").is_file()
     generated = check(command(venv, elsewhere, "gpt-oss-generate", f"checkpoint={trained}",
                               "prompt=Once upon a time", "max_new_tokens=5", "temperature=0"))  # fmt: skip
     assert generated.stdout.startswith("Once upon a time") and "tokens/s" in generated.stderr
-    compared = check(command(venv, elsewhere, "gpt-oss-compare", str(trained), "--out", str(elsewhere / "cmp")))
+    compared = check(
+        command(venv, elsewhere, "gpt-oss-compare", str(trained), "--out", str(elsewhere / "cmp"))
+    )
     assert "| run |" in compared.stdout or "best_val_loss" in compared.stdout
     assert (elsewhere / "cmp" / "comparison.csv").is_file()
 
@@ -115,11 +141,15 @@ def test_every_console_script_starts(venv, tmp_path):
 
 def test_export_from_the_installed_package(venv, elsewhere, trained):
     check(command(venv, elsewhere, "gpt-oss-export", str(trained), "hf"))
-    assert {"config.json", "tokenizer.json", "README.md"} <= {p.name for p in (elsewhere / "hf").iterdir()}
+    assert {"config.json", "tokenizer.json", "README.md"} <= {
+        p.name for p in (elsewhere / "hf").iterdir()
+    }
 
 
 def test_experiments_come_from_the_package_and_site_packages_is_not_searched(venv, elsewhere):
-    done = check(command(venv, elsewhere, "gpt-oss-train", "+experiments=seed_noise", "--cfg", "job"))
+    done = check(
+        command(venv, elsewhere, "gpt-oss-train", "+experiments=seed_noise", "--cfg", "job")
+    )
     assert "name: seed_noise" in done.stdout and "model:" in done.stdout
     paths = check(command(venv, elsewhere, "gpt-oss-train", "--info", "searchpath")).stdout
     searched = re.findall(r"file://(\S+)", paths)
@@ -140,8 +170,12 @@ def test_bash_completion_of_the_console_script(venv, elsewhere):
 def test_a_user_config_dir_adds_options_that_extend_ours(venv, elsewhere):
     user = elsewhere / "my_conf"
     (user / "model").mkdir(parents=True)
-    (user / "model" / "tiny_wide.yaml").write_text("defaults:\n  - tiny\n  - _self_\nhidden_size: 96\n")
+    (user / "model" / "tiny_wide.yaml").write_text(
+        "defaults:\n  - tiny\n  - _self_\nhidden_size: 96\n"
+    )
+    (user / "experiments").mkdir()
+    (user / "experiments" / "my_study.yaml").write_text("# @package _global_\nname: my_study\n")
     done = check(command(venv, elsewhere, "gpt-oss-train", "--config-dir", str(user),
-                         "model=tiny_wide", "--cfg", "job"))  # fmt: skip
+                         "model=tiny_wide", "+experiments=my_study", "--cfg", "job"))  # fmt: skip
     assert "hidden_size: 96" in done.stdout and "vocab_size: 201088" in done.stdout  # tiny's
-    assert "num_hidden_layers: 2" in done.stdout
+    assert "num_hidden_layers: 2" in done.stdout and "name: my_study" in done.stdout

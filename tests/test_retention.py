@@ -77,7 +77,10 @@ def test_no_checkpoints_at_all_when_asked(cache, tmp_path):
 
 @pytest.mark.parametrize(
     "override, field",
-    [("trainer.checkpoint_keep=-1", "checkpoint_keep"), ("trainer.checkpoint_best=some", "checkpoint_best")],
+    [
+        ("trainer.checkpoint_keep=-1", "checkpoint_keep"),
+        ("trainer.checkpoint_best=some", "checkpoint_best"),
+    ],
 )
 def test_bad_retention_settings_name_the_field(tmp_path, override, field):
     with pytest.raises(ConfigError, match=f"trainer.{field}=.*valid"):
