@@ -330,15 +330,15 @@ class Trainer:
     def evaluate(self) -> dict[str, float]:
         """Validation loss, perplexity and bits per byte over the fixed validation windows."""
         self.model.eval()
-        loss_sum, tokens = 0.0, 0
+        loss_sum = 0.0
         for inputs, targets, weight in self.val_loader.rank_batches(
             self.world.rank, self.world.size
         ):  # this rank's share
             with self._autocast():
                 out = self.model.loss(inputs, targets)
             loss_sum += out.ce.item() * targets.numel() * weight
-            tokens += targets.numel() * weight
-        loss_sum, tokens = sum_floats((loss_sum, tokens), self.device)
+        (loss_sum,) = sum_floats((loss_sum,), self.device)
+        tokens = self.val_loader.num_target_tokens  # all ranks' shares together
         loss = loss_sum / tokens
         num_bytes = (
             tokens * self.data.val.num_bytes / len(self.data.val)
