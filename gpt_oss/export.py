@@ -25,11 +25,11 @@ from typing import Any
 import torch
 import yaml
 
-from gpt_oss.config import DTYPES
-from gpt_oss.hf import CheckpointError, export_hf
+from gpt_oss.model.hf import CheckpointError, export_hf
+from gpt_oss.model.precision import DTYPES
+from gpt_oss.model.tokenizer import ENDOFTEXT_ID, VOCAB_SIZE
 from gpt_oss.paths import conf_dir
-from gpt_oss.tokenizer import ENDOFTEXT_ID, VOCAB_SIZE
-from gpt_oss.weights import load_weights
+from gpt_oss.training.weights import load_weights
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +55,8 @@ def export_run(
     """Export the weights at `source` (see gpt_oss.weights.load_weights) as a complete Hugging
     Face model directory `out`; returns it. The model card names the model `name` (default: the
     directory's name) and records `command`."""
-    from gpt_oss.hf_tokenizer import build_tokenizer, save_tokenizer
-    from gpt_oss.model_card import model_card, training_facts
+    from gpt_oss.model.hf_card import model_card, training_facts
+    from gpt_oss.model.hf_tokenizer import build_tokenizer, save_tokenizer
 
     out = Path(out)
     found = load_weights(source)

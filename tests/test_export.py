@@ -18,14 +18,14 @@ import torch
 from conftest import randomize_parameters
 from test_train import compose_run, read_records, tiny_overrides
 
-from gpt_oss.checkpoint import load_model, read_checkpoint, save_checkpoint
-from gpt_oss.config import ConfigError
 from gpt_oss.export import main as export_main
-from gpt_oss.hf import import_hf
-from gpt_oss.hf_tokenizer import FIRST_SPECIAL_ID
-from gpt_oss.tokenizer import ENDOFTEXT_ID, VOCAB_SIZE, get_tokenizer
+from gpt_oss.model.config import ConfigError
+from gpt_oss.model.hf import import_hf
+from gpt_oss.model.hf_tokenizer import FIRST_SPECIAL_ID
+from gpt_oss.model.tokenizer import ENDOFTEXT_ID, VOCAB_SIZE, get_tokenizer
 from gpt_oss.train import run
-from gpt_oss.weights import initialize_from, load_init_weights
+from gpt_oss.training.checkpoint import load_model, read_checkpoint, save_checkpoint
+from gpt_oss.training.weights import initialize_from, load_init_weights
 
 transformers = pytest.importorskip("transformers")
 
@@ -243,7 +243,7 @@ def test_a_sharded_run_exports_its_consolidated_weights(tmp_path):
     assert export_main([str(tmp_path / "fsdp"), str(tmp_path / "hf")]) == 0
     card = (tmp_path / "hf" / "README.md").read_text()
     assert "steps: 2" in card and "bits per byte" in card
-    from gpt_oss.distributed import consolidate
+    from gpt_oss.training.distributed import consolidate
 
     expected, _ = consolidate(tmp_path / "fsdp" / "checkpoints" / "best")
     ids = torch.randint(0, VOCAB_SIZE, (1, 12))

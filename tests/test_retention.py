@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 from test_train import compose_run, read_records, tiny_overrides
 
-from gpt_oss.checkpoint import load_model, read_checkpoint
-from gpt_oss.config import ConfigError
-from gpt_oss.retention import keep_snapshot, link_checkpoint
+from gpt_oss.model.config import ConfigError
 from gpt_oss.train import run
+from gpt_oss.training.checkpoint import load_model, read_checkpoint
+from gpt_oss.training.retention import keep_snapshot, link_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = ["trainer.max_steps=8", "trainer.eval_every=4", "trainer.checkpoint_every=2"]

@@ -16,8 +16,8 @@ from typing import Any
 
 import yaml
 
-from gpt_oss.config import ModelConfig
-from gpt_oss.info import parameter_counts
+from gpt_oss.model.config import ModelConfig
+from gpt_oss.model.size import parameter_counts
 
 
 @dataclass

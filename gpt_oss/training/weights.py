@@ -11,10 +11,10 @@ from typing import Any
 
 import torch
 
-from gpt_oss.checkpoint import read_checkpoint, resolve_checkpoint
-from gpt_oss.config import ModelConfig
-from gpt_oss.hf import CheckpointError, build_with_state, import_hf
-from gpt_oss.model import GptOss
+from gpt_oss.model.config import ModelConfig
+from gpt_oss.model.hf import CheckpointError, build_with_state, import_hf
+from gpt_oss.model.model import GptOss
+from gpt_oss.training.checkpoint import read_checkpoint, resolve_checkpoint
 
 
 @dataclass
@@ -31,7 +31,7 @@ def load_weights(path: str | Path) -> Weights:
     """The weights at `path`: one of our .pt files, a run directory (checkpoints/best, else last;
     single-process or sharded), a sharded checkpoint directory, or a Hugging Face directory.
     Raises CheckpointError naming the path when it holds none of these."""
-    from gpt_oss.distributed import consolidate
+    from gpt_oss.training.distributed import consolidate
 
     path = Path(path)
     if not path.exists():
@@ -54,7 +54,7 @@ def load_weights(path: str | Path) -> Weights:
 def _sharded(path: Path) -> Path | None:
     """A sharded checkpoint at path, or a run directory's best/ (else last/) when the run has no
     single-file checkpoint (consolidate writes one beside the shards)."""
-    from gpt_oss.distributed import sharded_checkpoint
+    from gpt_oss.training.distributed import sharded_checkpoint
 
     if found := sharded_checkpoint(path):
         return found
@@ -75,7 +75,7 @@ def _run_dir_of(checkpoint: Path) -> Path | None:
 def load_init_weights(config: ModelConfig, source: str) -> Weights:
     """trainer.init_from's weights, checked to fit a model of `config`: a ConfigError names
     every parameter whose shape differs, with both shapes, before any data or training work."""
-    from gpt_oss.config import ConfigError
+    from gpt_oss.model.config import ConfigError
 
     try:
         weights = load_weights(source)

@@ -19,7 +19,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from gpt_oss.tokenizer import ENDOFTEXT, ENDOFTEXT_ID, O200K_URL, VOCAB_SIZE, get_tokenizer
+from gpt_oss.model.tokenizer import ENDOFTEXT, ENDOFTEXT_ID, O200K_URL, VOCAB_SIZE, get_tokenizer
 
 FIRST_SPECIAL_ID = 199998  # o200k_base's ranks end at 199997; the specials fill 199998..201087
 
