@@ -15,7 +15,8 @@ import pytest
 import yaml
 from scipy import stats
 
-from gpt_oss import compare
+from gpt_oss.compare import main as compare_main
+from gpt_oss.studies import compare
 
 # final validation bits per byte of each (setting, seed); best = final - 0.01
 FINAL_BPB = {
@@ -114,7 +115,7 @@ def test_one_seed_per_setting_gives_no_interval_and_no_mark():
 
 
 def test_compare_command_prints_intervals_marks_and_writes_their_csvs(seeded_sweep, capsys):
-    assert compare.main([str(seeded_sweep)]) == 0
+    assert compare_main([str(seeded_sweep)]) == 0
     printed = capsys.readouterr().out
     mean, low, high = interval(FINAL_BPB["4"])
     assert "| model.num_experts=4 | 3 | " in printed

@@ -6,7 +6,7 @@ import psutil
 import pytest
 import torch
 
-from gpt_oss import runtime
+from gpt_oss.training import runtime
 
 
 def test_an_explicit_thread_count_wins_over_the_environment():
@@ -42,8 +42,8 @@ def test_set_cpu_threads_applies_the_choice():
 
 
 def test_cpu_step_estimate_scales_with_the_tokens_of_a_step():
-    from gpt_oss.config import ModelConfig
-    from gpt_oss.info import cpu_step_estimate
+    from gpt_oss.model.config import ModelConfig
+    from gpt_oss.training.metrics import cpu_step_estimate
 
     config = ModelConfig(vocab_size=1000, hidden_size=32, intermediate_size=32, num_hidden_layers=2,
                          num_attention_heads=2, num_key_value_heads=1, head_dim=16, num_experts=2,
