@@ -40,8 +40,19 @@ def job_identity(cfg: DictConfig) -> tuple[str | None, str | None]:
     overrides = hc.job.override_dirname or None
     if hc.mode == RunMode.MULTIRUN:
         sweep = Path(hc.sweep.dir)  # outputs/multirun/<date>/<time>: both parts, unique per sweep
-        return f"{cfg.name}-{sweep.parent.name}-{sweep.name}", overrides or f"job{hc.job.num}"
+        group = seed_group(f"{cfg.name}-{sweep.parent.name}-{sweep.name}", list(hc.overrides.task))
+        return group, overrides or f"job{hc.job.num}"
     return None, overrides
+
+
+def seed_group(sweep_group: str, overrides: list[str]) -> str:
+    """A sweep job's W&B group: the sweep's; or, when the job sets trainer.seed,
+    '<sweep group>/<its other overrides>', so W&B aggregates the seeds of one setting
+    (compare --wandb-group <sweep group> still reads them all)."""
+    if not any(o.lstrip("+~").partition("=")[0] == "trainer.seed" for o in overrides):
+        return sweep_group
+    others = [o for o in overrides if o.lstrip("+~").partition("=")[0] != "trainer.seed"]
+    return f"{sweep_group}/{','.join(others) or 'default'}"
 
 
 def provenance() -> dict[str, Any]:

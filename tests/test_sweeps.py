@@ -401,7 +401,7 @@ def test_wandb_group_runs_become_rows_like_local_ones():
     ]
     api = FakeApi([FakeWandbRun("data.files=[a,b],model.num_experts=8", history)])
     runs = compare.load_wandb_runs("sweep-10-00-00", "gpt-oss-lab", entity="me", api=api)
-    assert api.asked == [("me/gpt-oss-lab", {"group": "sweep-10-00-00"})]
+    assert api.asked == [("me/gpt-oss-lab", {"group": {"$regex": "^sweep\\-10\\-00\\-00(/|$)"}})]
     assert runs[0].overrides == ["data.files=[a,b]", "model.num_experts=8"]
     row = compare.summarize(runs[0])
     assert (
