@@ -47,8 +47,10 @@ def yarn_inverse_frequencies(config: ModelConfig) -> torch.Tensor:
         context = config.initial_context_length
         return dim * math.log(context / (rotations * 2 * math.pi)) / (2 * math.log(base))
 
-    low = max(correction_dim(config.rope_ntk_beta), 0.0)
-    high = min(correction_dim(config.rope_ntk_alpha), dim - 1.0)
+    low, high = correction_dim(config.rope_ntk_beta), correction_dim(config.rope_ntk_alpha)
+    if config.rope_truncate:  # the ramp starts and ends on whole pairs
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0.0), min(high, dim - 1.0)
     if low == high:
         high += 0.001
     ramp = ((torch.arange(dim // 2, dtype=torch.float32) - low) / (high - low)).clamp(0, 1)
