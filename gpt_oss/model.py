@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -17,10 +18,13 @@ from gpt_oss.losses import (
     router_z_loss,
 )
 from gpt_oss.moe import MoE, Routing, expert_counts
+from gpt_oss.roles import Role, parameter_roles
 
 
 class RMSNorm(nn.Module):
     """RMSNorm computed in float32 with a learnable scale."""
+
+    PARAMETER_ROLES: ClassVar[dict[str, Role]] = {"weight": Role.NORM}
 
     def __init__(self, size: int, eps: float):
         super().__init__()
@@ -130,6 +134,12 @@ class Step:
 class Attention(nn.Module):
     """Grouped-query attention with biases, RoPE, per-head sinks and an optional window."""
 
+    PARAMETER_ROLES: ClassVar[dict[str, Role]] = {
+        **{f"{proj}.weight": Role.MATRIX for proj in ("q_proj", "k_proj", "v_proj", "o_proj")},
+        **{f"{proj}.bias": Role.BIAS for proj in ("q_proj", "k_proj", "v_proj", "o_proj")},
+        "sinks": Role.SINK,
+    }
+
     def __init__(self, config: ModelConfig, layer_index: int):
         super().__init__()
         self.layer_index = layer_index
@@ -219,6 +229,12 @@ class LossOutput:
 class GptOss(nn.Module):
     """GPT-OSS decoder: embeddings, blocks, final norm, untied unembedding."""
 
+    PARAMETER_ROLES: ClassVar[dict[str, Role]] = {
+        "embed_tokens.weight": Role.EMBEDDING,
+        "lm_head.weight": Role.HEAD,  # with tie_embeddings it is embed_tokens.weight
+    }
+    RESIDUAL_OUTPUTS = ("o_proj.weight", "experts.down_proj")  # write into the residual stream
+
     def __init__(self, config: ModelConfig):
         super().__init__()
         config.validate()
@@ -235,18 +251,18 @@ class GptOss(nn.Module):
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
-        """Normal(0, initializer_range) matrices; residual outputs scaled by 1/sqrt(2 * layers)."""
+        """Normal(0, initializer_range) weights, residual outputs scaled by 1/sqrt(2 * layers);
+        biases (stacked expert biases included) and sinks zero; norm scales one."""
         std = self.config.initializer_range
         residual_std = std / math.sqrt(2 * self.config.num_hidden_layers)
+        roles = parameter_roles(self)
         for name, p in self.named_parameters():
-            if name.endswith(("o_proj.weight", "experts.down_proj")):
-                nn.init.normal_(p, 0.0, residual_std)
-            elif p.dim() >= 2:
-                nn.init.normal_(p, 0.0, std)
-            elif name.endswith("norm.weight"):
-                nn.init.ones_(p)
-            else:  # biases and sinks
+            if roles[name] in (Role.BIAS, Role.SINK):
                 nn.init.zeros_(p)
+            elif roles[name] is Role.NORM:
+                nn.init.ones_(p)
+            else:
+                nn.init.normal_(p, 0.0, residual_std if name.endswith(self.RESIDUAL_OUTPUTS) else std)
 
     def hidden_states(
         self,

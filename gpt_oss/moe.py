@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from gpt_oss.config import ModelConfig
+from gpt_oss.roles import Role
 
 
 def clamped_swiglu(gate_up: torch.Tensor, alpha: float, limit: float) -> torch.Tensor:
@@ -31,6 +33,8 @@ class Routing:
 class Router(nn.Module):
     """Linear(hidden -> experts) with bias; top-k of the raw logits; softmax over those k."""
 
+    PARAMETER_ROLES: ClassVar[dict[str, Role]] = {"weight": Role.ROUTER, "bias": Role.BIAS}
+
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.top_k = config.experts_per_token
@@ -52,6 +56,13 @@ class Router(nn.Module):
 
 class Experts(nn.Module):
     """E SwiGLU experts stored as stacked tensors (the Hugging Face layout)."""
+
+    PARAMETER_ROLES: ClassVar[dict[str, Role]] = {
+        "gate_up_proj": Role.EXPERT_MATRIX,  # (E, H, 2I): (in, out) per expert
+        "gate_up_proj_bias": Role.BIAS,  # (E, 2I)
+        "down_proj": Role.EXPERT_MATRIX,  # (E, I, H)
+        "down_proj_bias": Role.BIAS,  # (E, H)
+    }
 
     def __init__(self, config: ModelConfig):
         super().__init__()
