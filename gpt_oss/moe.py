@@ -44,6 +44,7 @@ class Router(nn.Module):
         self.register_buffer("selection_bias", torch.zeros(config.num_experts), persistent=True)
 
     def forward(self, x: torch.Tensor) -> Routing:
+        """x (N, H) -> each token's top-k experts and their weights."""
         logits = F.linear(x, self.weight, self.bias)  # (N, E)
         # No `if selection_bias.any()`: a zero bias picks the same experts, and the branch would
         # sync the GPU and break a compiled graph.
@@ -74,6 +75,7 @@ class Experts(nn.Module):
         self.down_proj_bias = nn.Parameter(torch.zeros(E, H))
 
     def forward(self, x: torch.Tensor, routing: Routing) -> torch.Tensor:
+        """x (N, H) -> (N, H): the routed experts' outputs, weighted and summed per token."""
         if self.impl == "loop":
             return self._loop(x, routing)
         return self._grouped(x, routing)
@@ -201,6 +203,7 @@ class MoE(nn.Module):
         self.experts = Experts(config)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, Routing]:
+        """x (B, T, H) -> (B, T, H), and the routing of the B*T tokens."""
         batch, time, hidden = x.shape
         flat = x.reshape(-1, hidden)  # (B*T, H)
         routing = self.router(flat)

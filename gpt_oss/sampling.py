@@ -14,8 +14,9 @@ from dataclasses import dataclass
 
 import torch
 
+from gpt_oss.kv_cache import KVCache
 from gpt_oss.metrics import synchronize
-from gpt_oss.model import GptOss, KVCache
+from gpt_oss.model import GptOss
 from gpt_oss.tokenizer import ENDOFTEXT_ID
 
 TokenCallback = Callable[[int, int], None]  # (row, token id), called as each token is produced
