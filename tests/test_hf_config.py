@@ -13,9 +13,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from gpt_oss.config import IMPLEMENTATION_FIELDS, ModelConfig
-from gpt_oss.hf import HF_DEFAULTS, CheckpointError, config_from_hf, export_hf, hf_config, import_hf
-from gpt_oss.model import yarn_inverse_frequencies
+from gpt_oss.model.config import IMPLEMENTATION_FIELDS, ModelConfig
+from gpt_oss.model.hf import (
+    HF_DEFAULTS,
+    CheckpointError,
+    config_from_hf,
+    export_hf,
+    hf_config,
+    import_hf,
+)
+from gpt_oss.model.model import yarn_inverse_frequencies
 
 transformers = pytest.importorskip("transformers")
 from transformers.models.gpt_oss.modeling_gpt_oss import GptOssRotaryEmbedding  # noqa: E402

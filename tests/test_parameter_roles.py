@@ -7,9 +7,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gpt_oss.model import GptOss
-from gpt_oss.optim import adamw, muon
-from gpt_oss.roles import Role, layer_shape, parameter_roles
+from gpt_oss.model.model import GptOss
+from gpt_oss.model.roles import Role, layer_shape, parameter_roles
+from gpt_oss.training.optim import adamw, muon
 
 pytestmark = pytest.mark.usefixtures("single_threaded")
 

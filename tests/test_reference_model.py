@@ -7,10 +7,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gpt_oss import kv_cache, losses
-from gpt_oss.attention import select_kernel
-from gpt_oss.distributed import LossForward, parallelize
-from gpt_oss.kv_cache import KVCache
+from gpt_oss.model import kv_cache, losses
+from gpt_oss.model.attention import select_kernel
+from gpt_oss.model.kv_cache import KVCache
+from gpt_oss.training.distributed import LossForward, parallelize
 
 pytestmark = [
     pytest.mark.usefixtures("single_threaded"),

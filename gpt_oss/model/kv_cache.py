@@ -9,8 +9,8 @@ from dataclasses import dataclass
 
 import torch
 
-from gpt_oss.attention import attention_mask
-from gpt_oss.config import ModelConfig
+from gpt_oss.model.attention import attention_mask
+from gpt_oss.model.config import ModelConfig
 
 
 @dataclass

@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gpt_oss.config import ModelConfig
-from gpt_oss.roles import Role
+from gpt_oss.model.config import ModelConfig
+from gpt_oss.model.roles import Role
 
 
 def clamped_swiglu(gate_up: torch.Tensor, alpha: float, limit: float) -> torch.Tensor:

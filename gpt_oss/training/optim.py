@@ -9,8 +9,8 @@ import torch
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
-from gpt_oss.config import ConfigError
-from gpt_oss.roles import Role, layer_shape, parameter_roles
+from gpt_oss.model.config import ConfigError
+from gpt_oss.model.roles import Role, layer_shape, parameter_roles
 
 # Weight decay: the layers' matrices only, not norms, biases, sinks or (by default) embeddings.
 DECAYED_ROLES = frozenset({Role.MATRIX, Role.EXPERT_MATRIX, Role.ROUTER, Role.HEAD})

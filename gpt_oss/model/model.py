@@ -14,12 +14,17 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from gpt_oss.attention import attend, select_kernel
-from gpt_oss.config import ModelConfig
-from gpt_oss.kv_cache import KVCache, attention_masks, layer_windows, rope_positions
-from gpt_oss.losses import LossOutput, linear_cross_entropy, load_balancing_loss, router_z_loss
-from gpt_oss.moe import MoE, Routing, expert_counts
-from gpt_oss.roles import Role, parameter_roles
+from gpt_oss.model.attention import attend, select_kernel
+from gpt_oss.model.config import ModelConfig
+from gpt_oss.model.kv_cache import KVCache, attention_masks, layer_windows, rope_positions
+from gpt_oss.model.losses import (
+    LossOutput,
+    linear_cross_entropy,
+    load_balancing_loss,
+    router_z_loss,
+)
+from gpt_oss.model.moe import MoE, Routing, expert_counts
+from gpt_oss.model.roles import Role, parameter_roles
 
 
 class RMSNorm(nn.Module):
@@ -273,3 +278,11 @@ class GptOss(nn.Module):
             block.mlp.router.selection_bias += self.config.expert_bias_rate * torch.sign(
                 load.mean() - load
             )
+
+
+def build_model(config: ModelConfig, meta: bool = False) -> GptOss:
+    """The model, initialised on the CPU; on the meta device (no memory) for FSDP's meta_init."""
+    if not meta:
+        return GptOss(config)
+    with torch.device("meta"):
+        return GptOss(config)
