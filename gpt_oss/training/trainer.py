@@ -199,9 +199,8 @@ class Trainer:
         if config.compile:
             for block in self.model.layers:
                 block.compile()
-            self.model.compiled_loss = True
         self.loss_fn = parallelize(
-            self.model, config.parallel, self.device
+            self.model, config.parallel, self.device, compiled=config.compile
         )  # model.loss, DDP or FSDP
         self.optimizer = optimizer_factory(self.model)
         self.schedule = schedule_factory(self.optimizer)
