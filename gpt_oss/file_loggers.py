@@ -27,9 +27,11 @@ class TensorBoardLogger(NullLogger):
     def start(self, run_dir: Path, config: dict, run_id: str | None = None, step: int = 0) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
-        # purge_step: a resumed run hides the events its first run wrote after the checkpoint
+        # purge_step: readers drop the events the first run wrote after the checkpoint (the
+        # resumed run logs those steps again); the checkpoint's own step stays, as in metrics.jsonl
         self.writer = SummaryWriter(
-            str(Path(run_dir) / self.save_dir), purge_step=step or None, flush_secs=self.flush_secs
+            str(Path(run_dir) / self.save_dir), purge_step=step + 1 if step else None,
+            flush_secs=self.flush_secs,
         )
         self.writer.add_text("config", _code_block(config), global_step=step)
 

@@ -177,6 +177,26 @@ def test_tensorboard_and_csv_hold_the_metrics_of_metrics_jsonl_across_a_resume(t
             assert sum(shares) == pytest.approx(1.0)
 
 
+def test_a_resumed_run_replaces_what_its_first_run_logged_after_the_checkpoint(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    for make in (TensorBoardLogger, CSVLogger):
+        first = make()
+        first.start(tmp_path, {})
+        for step in range(1, 7):  # killed after step 6; its checkpoint was written at step 4
+            first.log({"train/loss": float(step)}, step=step)
+        first.finish()
+        resumed = make()
+        resumed.start(tmp_path, {}, step=4)
+        resumed.log({"train/loss": 60.0}, step=6)
+        resumed.finish()
+    expected = [(1, 1.0), (2, 2.0), (3, 3.0), (4, 4.0), (6, 60.0)]
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    assert [(s.step, s.value) for s in events.Scalars("train/loss")] == expected
+    assert [(r["step"], r["train/loss"]) for r in read_csv_metrics(tmp_path / "metrics.csv")] == expected
+
+
 # ---------------------------------------------------------------- W&B
 def test_wandb_offline_run_holds_metrics_and_config(tmp_path):
     cfg = compose_run(*tiny_overrides(
