@@ -136,6 +136,7 @@ def test_sweep_jobs_are_named_by_their_swept_keys_in_one_wandb_group(tmp_path):
 
 
 # ---------------------------------------------------------------- TensorBoard and CSV
+@pytest.mark.slow
 def test_tensorboard_and_csv_hold_the_metrics_of_metrics_jsonl_across_a_resume(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -198,6 +199,7 @@ def test_a_resumed_run_replaces_what_its_first_run_logged_after_the_checkpoint(t
 
 
 # ---------------------------------------------------------------- W&B
+@pytest.mark.slow
 def test_wandb_offline_run_holds_metrics_and_config(tmp_path):
     cfg = compose_run(*tiny_overrides(
         tmp_path, "logger=wandb", "logger.wandb.mode=offline", "logger.wandb.log_checkpoints=true",
@@ -233,14 +235,17 @@ def test_wandb_offline_run_holds_metrics_and_config(tmp_path):
     assert checkpoint["wandb_run_id"] == summary["run_id"]
 
 
-def test_wandb_auto_with_a_key_and_no_network_goes_offline_before_init(tmp_path, monkeypatch):
+@pytest.mark.parametrize("wandb_mode, why", [(None, "unreachable"), ("offline", "WANDB_MODE=offline")])
+def test_wandb_with_a_key_and_no_network_keeps_an_offline_record(tmp_path, monkeypatch, wandb_mode, why):
     monkeypatch.setenv("WANDB_API_KEY", "fake")
     monkeypatch.setenv("WANDB_BASE_URL", closed_port_url())  # no network, deterministically
+    if wandb_mode:
+        monkeypatch.setenv("WANDB_MODE", wandb_mode)
     logger = WandbLogger(mode="auto", init_timeout=300)
     logger.start(tmp_path, {"model": {"hidden_size": 8}})
     logger.log({"train/loss": 2.5}, step=1)
     logger.finish()
-    assert logger.resolved[0] == "offline" and "unreachable" in logger.resolved[1]
+    assert logger.resolved[0] == "offline" and why in logger.resolved[1]  # decided before init
     assert logger.start_seconds < logger.init_timeout  # never waited for the server
     offline = only_offline_run(tmp_path)
     history = [r["history"]["item"] for r in wandb_records(offline) if r["type"] == "history"]
