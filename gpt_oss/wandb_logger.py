@@ -28,6 +28,7 @@ MODES = ("auto", "online", "offline", "disabled")
 ENV_MODES = {"online": "online", "offline": "offline", "disabled": "disabled",
              "dryrun": "offline", "run": "online"}  # WANDB_MODE's values, as wandb reads them
 MINIMISED = ("val/loss", "val/bpb", "val/perplexity", "train/loss")  # best = min in the summary
+CONSOLES = ("auto", "off", "wrap", "redirect", "wrap_raw", "wrap_emu")  # W&B's console setting
 
 
 def wandb_logged_in() -> bool:
@@ -111,6 +112,8 @@ class WandbLogger(NullLogger):
                  console: str = "auto", log_checkpoints: bool = False, checkpoint_keep: int = 2):
         if mode not in MODES:
             raise ConfigError(f"logger.wandb.mode={mode!r} is invalid: valid are {MODES}")
+        if console not in CONSOLES:
+            raise ConfigError(f"logger.wandb.console={console!r} is invalid: valid are {CONSOLES}")
         if checkpoint_keep < 1:
             raise ConfigError(f"logger.wandb.checkpoint_keep={checkpoint_keep} is invalid: must be >= 1")
         self.project, self.entity, self.mode = project, entity, mode
@@ -140,8 +143,11 @@ class WandbLogger(NullLogger):
         if self.run is None:
             return
         self.run_id = self.run.id
-        for key in MINIMISED:
-            self.run.define_metric(key, summary="min,last")
+        try:
+            for key in MINIMISED:
+                self.run.define_metric(key, summary="min,last")
+        except Exception as error:
+            self._warn("define_metric", error)
         mode, why = self.resolved
         log.info("W&B %s (%s), started in %.1f s: %s", mode, why, self.start_seconds, self.run.dir)
 

@@ -157,8 +157,8 @@ def test_tensorboard_and_csv_hold_the_metrics_of_metrics_jsonl_across_a_resume(t
             scalars = events.Scalars(f"{split}/{key}")
             assert [s.step for s in scalars] == [r["step"] for r in rows], (split, key)
             assert [s.value for s in scalars] == pytest.approx([r[key] for r in rows], rel=1e-6)
-    heatmaps = events.Images("expert_load")
-    assert [h.step for h in heatmaps] == [4, 8]
+    assert [h.step for h in events.Images("expert_load")] == [4, 8]  # a heatmap per evaluation
+    assert [h.step for h in events.Images("loss_curve")] == [4, 8]
 
     csv_rows = read_csv_metrics(run_dir / "metrics.csv")
     csv_train = [r for r in csv_rows if "train/loss" in r]
