@@ -54,9 +54,10 @@ class TensorBoardLogger(NullLogger):
     def summary(self, values: dict[str, Any]) -> None:
         self.writer.add_text("summary", _code_block(values))
 
-    def finish(self) -> None:
+    def finish(self, exit_code: int = 0) -> None:
         if self.writer is not None:
             self.writer.close()  # flushes every pending event
+            self.writer = None
 
 
 class CSVLogger(NullLogger):

@@ -74,8 +74,9 @@ class NullLogger:
     def summary(self, values: dict[str, Any]) -> None:
         """End-of-run values (best and final losses, tokens seen, ...)."""
 
-    def finish(self) -> None:
-        """Close the run: what was logged is complete on disk when this returns."""
+    def finish(self, exit_code: int = 0) -> None:
+        """Close the run (exit_code != 0: it failed); what was logged is complete on disk when
+        this returns. A second call does nothing."""
 
 
 class LoggerGroup(NullLogger):
@@ -131,8 +132,8 @@ class LoggerGroup(NullLogger):
     def summary(self, values: dict[str, Any]) -> None:
         self._each("summary", values)
 
-    def finish(self) -> None:
-        self._each("finish")
+    def finish(self, exit_code: int = 0) -> None:
+        self._each("finish", exit_code=exit_code)
         for (name, method), count in self.failures.items():
             if count > 1:
                 log.warning("logger %s: %s failed %d times in this run", name, method, count)

