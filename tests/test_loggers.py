@@ -16,12 +16,12 @@ import pytest
 import torch
 from test_train import compose_run, read_records, tiny_overrides
 
-from gpt_oss import wandb_logger
-from gpt_oss.config import ConfigError
-from gpt_oss.file_loggers import CSVLogger, TensorBoardLogger, read_csv_metrics
-from gpt_oss.tracking import LoggerGroup, NullLogger, short_run_name
+from gpt_oss.model.config import ConfigError
 from gpt_oss.train import make_loggers, run
-from gpt_oss.wandb_logger import WandbLogger, checkpoints_to_prune, resolve_mode
+from gpt_oss.training import wandb_logger
+from gpt_oss.training.file_loggers import CSVLogger, TensorBoardLogger, read_csv_metrics
+from gpt_oss.training.tracking import LoggerGroup, NullLogger, short_run_name
+from gpt_oss.training.wandb_logger import WandbLogger, checkpoints_to_prune, resolve_mode
 
 ROOT = Path(__file__).resolve().parents[1]
 WANDB = Path(sys.executable).with_name("wandb")
@@ -201,7 +201,7 @@ def test_a_resumed_run_replaces_what_its_first_run_logged_after_the_checkpoint(t
 def test_a_run_that_fails_still_closes_its_loggers(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from gpt_oss.trainer import TrainingDiverged
+    from gpt_oss.training.trainer import TrainingDiverged
 
     # flush_secs: TensorBoard would not write on its own during the test; only closing flushes
     cfg = compose_run(*tiny_overrides(tmp_path, "logger=[tensorboard,wandb]", "logger.wandb.mode=offline",
@@ -333,7 +333,7 @@ def test_checkpoint_retention_keeps_the_newest_and_the_best():
 
 
 def test_expert_load_heatmap_has_one_cell_per_layer_and_expert():
-    from gpt_oss.plots import expert_load_figure
+    from gpt_oss.studies.plots import expert_load_figure
 
     fig = expert_load_figure([[0.5, 0.25, 0.25, 0.0], [0.25] * 4, [0.1, 0.2, 0.3, 0.4]])
     assert fig.axes[0].images[0].get_array().shape == (3, 4)

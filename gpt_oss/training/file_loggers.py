@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from gpt_oss.tracking import NullLogger
+from gpt_oss.training.tracking import NullLogger
 
 
 class TensorBoardLogger(NullLogger):
@@ -47,7 +47,7 @@ class TensorBoardLogger(NullLogger):
         self.writer.add_image(key, pixels[..., :3], global_step=step, dataformats="HWC")
 
     def log_expert_load(self, load: list[list[float]], step: int) -> None:
-        from gpt_oss.plots import expert_load_figure
+        from gpt_oss.studies.plots import expert_load_figure
 
         self.writer.add_figure("expert_load", expert_load_figure(load), global_step=step)  # closes it
 

@@ -16,9 +16,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from gpt_oss.checkpoint import read_checkpoint, save_checkpoint
-from gpt_oss.config import IMPLEMENTATION_FIELDS, ConfigError, resolve_device
-from gpt_oss.distributed import (
+from gpt_oss.data.loaders import TrainLoader, ValLoader
+from gpt_oss.model.config import IMPLEMENTATION_FIELDS, ConfigError, resolve_device
+from gpt_oss.model.hf import CheckpointError
+from gpt_oss.model.model import GptOss
+from gpt_oss.studies.plots import plot_losses
+from gpt_oss.training.checkpoint import read_checkpoint, save_checkpoint
+from gpt_oss.training.distributed import (
     PARALLEL_MODES,
     checkpoint_blocks,
     current_world,
@@ -33,14 +37,10 @@ from gpt_oss.distributed import (
     sharded_checkpoint,
     sum_floats,
     sum_over_ranks_,
-    val_batches,
 )
-from gpt_oss.hf import CheckpointError
-from gpt_oss.metrics import bits_per_byte, flops_per_token, peak_flops
-from gpt_oss.model import GptOss
-from gpt_oss.plots import plot_losses
-from gpt_oss.runtime import keep_freed_memory
-from gpt_oss.tracking import MetricsFile, NullLogger, read_metrics
+from gpt_oss.training.metrics import bits_per_byte, flops_per_token, peak_flops
+from gpt_oss.training.runtime import keep_freed_memory
+from gpt_oss.training.tracking import MetricsFile, NullLogger, read_metrics
 
 log = logging.getLogger(__name__)
 
@@ -193,11 +193,6 @@ class Trainer:
         logger: Any = None,
         run_config: dict | None = None,
     ):
-        from gpt_oss.data import (  # data pulls in datasets: import when needed
-            TrainLoader,
-            ValLoader,
-        )
-
         self.world = current_world()  # rank and size of the process group (one process without)
         config.validate(self.world.size)
         self.config, self.data = config, data
@@ -321,7 +316,7 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
-        if self.device.type == "cpu":  # once the optimizer state exists: see gpt_oss/runtime.py
+        if self.device.type == "cpu":  # once the optimizer state exists: see gpt_oss/training/runtime.py
             keep_freed_memory()
         self.schedule.step()
         self.model.update_selection_bias(counts)
@@ -344,8 +339,8 @@ class Trainer:
         """Validation loss, perplexity and bits per byte over the fixed validation windows."""
         self.model.eval()
         loss_sum, tokens = 0.0, 0
-        for inputs, targets, weight in val_batches(
-            self.val_loader, self.world
+        for inputs, targets, weight in self.val_loader.rank_batches(
+            self.world.rank, self.world.size
         ):  # this rank's share
             with self._autocast():
                 out = self.model.loss(inputs, targets)

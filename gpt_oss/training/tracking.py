@@ -1,6 +1,6 @@
 """Run tracking: metrics.jsonl on disk (always), the logger interface, several loggers at once
-(LoggerGroup) and short run names. The loggers: gpt_oss.wandb_logger (Weights & Biases) and
-gpt_oss.file_loggers (TensorBoard, CSV)."""
+(LoggerGroup) and short run names. The loggers: gpt_oss.training.wandb_logger (Weights &
+Biases) and gpt_oss.training.file_loggers (TensorBoard, CSV)."""
 
 from __future__ import annotations
 

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from gpt_oss.config import ConfigError
-from gpt_oss.tracking import NullLogger, flatten
+from gpt_oss.model.config import ConfigError
+from gpt_oss.training.tracking import NullLogger, flatten
 
 log = logging.getLogger(__name__)
 
@@ -206,7 +206,7 @@ class WandbLogger(NullLogger):
             import matplotlib.pyplot as plt
             import wandb
 
-            from gpt_oss.plots import expert_load_figure
+            from gpt_oss.studies.plots import expert_load_figure
 
             columns = ["layer"] + [f"expert{e}" for e in range(len(load[0]))]
             table = wandb.Table(columns=columns, data=[[layer, *row] for layer, row in enumerate(load)])
