@@ -119,8 +119,9 @@ def load_wandb_runs(
         parameters = {
             k[len("parameters.") :]: v for k, v in config.items() if k.startswith("parameters.")
         }
-        # the run name is Hydra's override_dirname: overrides joined by "," (conf/config.yaml)
-        overrides = split_overrides(wandb_run.name or "")
+        # the command's overrides (gpt_oss.train.provenance); runs logged before they were
+        # recorded are named by Hydra's override_dirname: overrides joined by ","
+        overrides = config.get("provenance.overrides") or split_overrides(wandb_run.name or "")
         runs.append(Run("/".join(wandb_run.path), overrides, parameters, wandb_records(wandb_run)))
     if not runs:
         raise LookupError(f"W&B project {path!r} has no runs in group {group!r}")
