@@ -6,6 +6,8 @@ python -m gpt_oss.info model=full gpus=8 batch_size=1 seq_len=4096   # per-GPU t
 
 from __future__ import annotations
 
+import sys
+
 import hydra
 import torch
 from omegaconf import DictConfig
@@ -183,9 +185,18 @@ def _human(count: int) -> str:
     return str(count)
 
 
-@hydra.main(version_base=None, config_path="../conf", config_name="info")
-def main(cfg: DictConfig) -> None:
+def report(cfg: DictConfig) -> None:
+    """Check every setting of conf/info.yaml, then print the counts and the training plan."""
+    from gpt_oss.config import ConfigError
+    from gpt_oss.schema import InfoConfig, check
+
+    check(cfg, InfoConfig)
     config = model_config(cfg.model)
+    if cfg.seq_len > config.max_position_embeddings:
+        raise ConfigError(
+            f"seq_len={cfg.seq_len} is invalid: exceeds model.max_position_embeddings="
+            f"{config.max_position_embeddings}"
+        )
     counts = parameter_counts(config)
     name = hydra.core.hydra_config.HydraConfig.get().runtime.choices.get("model", "model")
     print(format_report(name, config, counts))
@@ -197,6 +208,24 @@ def main(cfg: DictConfig) -> None:
         if built != counts["total"]:
             raise SystemExit(f"analytic total {counts['total']} != meta-device build {built}")
         print(f"\nmeta-device build agrees: {built:,} parameters")
+
+
+def main() -> None:
+    """`python -m gpt_oss.info [overrides]`: a bad key or value exits with status 2, named."""
+    from gpt_oss import schema  # the entry point's side; the functions above need no Hydra
+    from gpt_oss.config import ConfigError
+
+    schema.register()  # info_schema, first in conf/info.yaml's defaults
+
+    def task(cfg: DictConfig) -> None:
+        try:
+            report(cfg)
+        except ConfigError as error:
+            print(f"ConfigError: {error}", file=sys.stderr, flush=True)
+            raise SystemExit(2) from error
+
+    hydra_main = hydra.main(version_base=None, config_path="../conf", config_name="info")(task)
+    schema.checked_command_line(schema.InfoConfig)(hydra_main)()
 
 
 if __name__ == "__main__":

@@ -8,6 +8,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from gpt_oss.validation import ranged_args
+
 log = logging.getLogger(__name__)
 
 
@@ -80,6 +82,7 @@ def wandb_logged_in() -> bool:
         return False
 
 
+@ranged_args(init_timeout="(0, inf)")
 class WandbLogger(NullLogger):
     """W&B: online when logged in, else offline; any W&B failure disables it with a warning."""
 

@@ -18,6 +18,7 @@ import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
+from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -50,8 +51,10 @@ def make(node: DictConfig, group: str, **kwargs: Any) -> Any:
         raise ConfigError(f"{group} config is invalid: {error}") from error
 
 
-def build(cfg: DictConfig) -> dict[str, Any]:
-    """Instantiate and validate every config group; no data is read and no model is built."""
+def build(cfg: DictConfig, root: type = schema.RunConfig) -> dict[str, Any]:
+    """Validate every key and value (schema.check: declared ranges, unknown keys), then
+    instantiate every group and check across fields; no data is read and no model is built."""
+    schema.check(cfg, root)
     model_config: ModelConfig = make(cfg.model, "model")
     trainer_config = make(cfg.trainer, "trainer")
     trainer_config.validate(distributed.launch_world().size)
@@ -64,6 +67,7 @@ def build(cfg: DictConfig) -> dict[str, Any]:
     check_partial(optimizer, "optimizer", "model")
     schedule = make(cfg.schedule, "schedule")
     check_partial(schedule, "schedule", "optimizer")
+    dry_run(optimizer, schedule)
     return {
         "model_config": model_config,
         "trainer_config": trainer_config,
@@ -71,6 +75,35 @@ def build(cfg: DictConfig) -> dict[str, Any]:
         "optimizer": optimizer,
         "schedule": schedule,
     }
+
+
+def dry_run(optimizer: Any, schedule: Any) -> None:
+    """Complete the optimizer and schedule partials on a one-layer stand-in, so a check that
+    only the built objects make (warmup_steps <= total_steps, ...) fails now, not at step 0."""
+    stand_in = torch.nn.Linear(2, 2)
+    schedule(optimizer(stand_in))
+
+
+class CheckConfigFirst(Callback):
+    """hydra.callbacks in conf/config.yaml: validate (`build`) the composed config before Hydra
+    creates the run directory, its .hydra/ and train.log, so a refused config leaves nothing.
+    A multirun checks its base config; each job is checked again as it starts."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._check(config)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._check(config)
+
+    @staticmethod
+    def _check(config: DictConfig) -> None:
+        # Hydra turns an exception raised here into a warning: report and exit ourselves.
+        HydraConfig.instance().set_config(config)  # for ${hydra:...} in the task's config
+        try:
+            build(config)
+        except (ConfigError, InterpolationResolutionError, _data_error()) as error:
+            print(f"{type(error).__name__}: {error}", file=sys.stderr, flush=True)
+            raise SystemExit(2) from error
 
 
 def job_identity(cfg: DictConfig) -> tuple[str | None, str | None]:
@@ -183,6 +216,7 @@ def pin_sweep_gpu() -> str | None:
     return gpu
 
 
+@schema.checked_command_line(schema.RunConfig)
 @hydra.main(version_base=None, config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> float:
     pin_sweep_gpu()  # first: CUDA reads CUDA_VISIBLE_DEVICES once, at its first use
@@ -192,7 +226,7 @@ def main(cfg: DictConfig) -> float:
     except (ConfigError, CheckpointError, InterpolationResolutionError, _data_error()) as error:
         log.error("%s: %s", type(error).__name__, error)
         raise SystemExit(2) from error
-    return summary["best_val_loss"]  # what a sweeper (e.g. Optuna) minimises
+    return summary["best_val_bpb"]  # what a sweeper minimises (conf/hparams_search/optuna.yaml)
 
 
 def _data_error() -> type[Exception]:
