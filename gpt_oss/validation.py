@@ -110,7 +110,7 @@ def ranged_args(**intervals: str) -> Callable[[Callable], Callable]:
         @functools.wraps(function)
         def checked(*args: Any, **kwargs: Any) -> Any:
             bound = inspect.signature(function).bind(*args, **kwargs)
-            check_arguments(function, bound.arguments, _label(target))
+            check_arguments(checked, bound.arguments, _label(target))
             return function(*args, **kwargs)
 
         checked.__ranges__ = parsed  # type: ignore[attr-defined]
@@ -232,6 +232,8 @@ def check_config(
     schedule and logger factories included). `extra_keys`: other names valid at this level
     (config groups). Raises ConfigError naming the first bad key or value."""
     keys = accepted_keys(schema)
+    if node.get("_partial_"):  # its first argument (model, optimizer) is the trainer's to give
+        keys = keys[1:]
     for key in node:
         if key in extra_keys and key not in keys:
             raise ConfigError(f"{key} is a config group, not a key: choose an option, {key}=NAME")
@@ -239,8 +241,10 @@ def check_config(
             raise ConfigError(unknown_key_message(prefix, str(key), [*keys, *extra_keys]))
     check_arguments(schema, node, prefix)
     hints = typing.get_type_hints(schema) if is_dataclass(schema) else {}
-    for key, value in node.items():
-        target = _node_target(value, hints.get(key))
+    children = [(key, value, _node_target(value, hints.get(key))) for key, value in node.items()]
+    # settings before the factories that may copy them (schedule.total_steps: trainer.max_steps)
+    children.sort(key=lambda child: not is_dataclass(child[2]))
+    for key, value, target in children:
         if target is not None:
             check_config(value, target, _join(prefix, str(key)))
 
