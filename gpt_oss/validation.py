@@ -24,7 +24,7 @@ import math
 import types
 import typing
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import MISSING, dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any
 
 RANGE = "range"  # the dataclass field metadata key
@@ -88,12 +88,10 @@ class Spec:
     length: int | None = None
 
 
-def ranged(default: Any = MISSING, interval: str = "", *, default_factory: Any = MISSING) -> Any:
-    """A dataclass field whose value must lie in `interval` (see the module docstring)."""
-    metadata = {RANGE: Interval.parse(interval)}
-    if default_factory is not MISSING:
-        return field(default_factory=default_factory, metadata=metadata)
-    return field(default=default, metadata=metadata)
+def ranged(default: Any, interval: str) -> Any:
+    """A dataclass field defaulting to `default` whose value must lie in `interval`, e.g.
+    `ranged(0.02, "(0, inf)")`; None is valid too when the field's type allows it."""
+    return field(default=default, metadata={RANGE: Interval.parse(interval)})
 
 
 def ranged_args(**intervals: str) -> Callable[[Callable], Callable]:
