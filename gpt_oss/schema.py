@@ -1,7 +1,8 @@
-"""Hydra structured-config schemas: a misspelled key or a wrong type fails at compose time.
+"""The Hydra side shared by the entry points: structured-config schemas (a misspelled key or a
+wrong type fails at compose time), resolvers, and `build`, which instantiates and validates
+every config group.
 
-Imported by the entry points only (train, generate, bench, data, info, compare): library code
-never touches Hydra. Model, data and trainer are typed by the library's own dataclasses, each
+Imported by the entry points only (train, bench, data): library code never touches Hydra. Model, data and trainer are typed by the library's own dataclasses, each
 widened with the `_target_` that `hydra.utils.instantiate` needs; optimizer, schedule and
 logger are open dicts because their keys depend on the chosen target.
 """
@@ -9,6 +10,7 @@ logger are open dicts because their keys depend on the chosen target.
 from __future__ import annotations
 
 import functools
+import inspect
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields, is_dataclass, make_dataclass
@@ -19,12 +21,17 @@ from hydra._internal.utils import get_args_parser
 from hydra.core.config_store import ConfigStore
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import OverrideType
-from omegaconf import MISSING, Container, OmegaConf
+from hydra.errors import InstantiationException
+from hydra.experimental.callback import Callback
+from hydra.utils import instantiate
+from omegaconf import MISSING, Container, DictConfig, OmegaConf
+from omegaconf.errors import InterpolationResolutionError
 
-from gpt_oss.config import ConfigError, ModelConfig, layer_pattern
-from gpt_oss.data import DataConfig, default_cache_dir
-from gpt_oss.gpu_pool import gpu_count
-from gpt_oss.trainer import TrainerConfig
+from gpt_oss.data.config import DataConfig, DataError, default_cache_dir
+from gpt_oss.model.config import ConfigError, ModelConfig, layer_pattern
+from gpt_oss.studies.gpu_pool import gpu_count
+from gpt_oss.training import distributed
+from gpt_oss.training.trainer import TrainerConfig
 from gpt_oss.validation import check_config, ranged, unknown_key_message
 
 # Root config groups that hold no key of their own (their files are `# @package _global_`):
@@ -175,7 +182,7 @@ def register() -> None:
 
 
 def layers_resolver(name: str, num_layers: int | None = None, *, _parent_: Container) -> list[str]:
-    """`${layers:NAME}`: gpt_oss.config.layer_pattern NAME for the enclosing model's
+    """`${layers:NAME}`: gpt_oss.model.config.layer_pattern NAME for the enclosing model's
     num_hidden_layers (`${layers:NAME,N}` for N layers), so a sweep names patterns, not lists:
     `model.layer_types='${layers:all_full}','${layers:one_in_four}'`. A config file that merges
     it onto a null layer_types must set num_hidden_layers too: OmegaConf resolves it there."""
@@ -200,3 +207,84 @@ OmegaConf.register_new_resolver("repo_dir", repo_dir, replace=True)
 OmegaConf.register_new_resolver("gpu_count", gpu_count, replace=True)  # hydra/launcher=gpu_pool
 # conf/paths/default.yaml: $GPT_OSS_DATA_DIR, else <repo>/data (a user cache when installed)
 OmegaConf.register_new_resolver("data_dir", lambda: str(default_cache_dir()), replace=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# instantiate: config groups -> validated library objects
+
+
+def check_partial(factory: Any, group: str, first_arg: str) -> None:
+    """Fail now, not at step 0, when an optimizer/schedule config names an unknown argument."""
+    try:
+        inspect.signature(factory.func).bind(None, **factory.keywords)
+    except TypeError as error:
+        params = [p for p in inspect.signature(factory.func).parameters if p != first_arg]
+        raise ConfigError(f"{group} config does not fit {factory.func.__name__}: {error}; valid keys: {params}") from error
+
+
+def make(node: DictConfig, group: str, **kwargs: Any) -> Any:
+    """instantiate, with a failure reported as a ConfigError that names the group."""
+    try:
+        return instantiate(node, _convert_="all", **kwargs)
+    except InstantiationException as error:
+        if isinstance(error.__cause__, ConfigError):
+            raise error.__cause__ from None
+        raise ConfigError(f"{group} config is invalid: {error}") from error
+
+
+def build(cfg: DictConfig, root: type = RunConfig) -> dict[str, Any]:
+    """Validate every key and value (`check`: declared ranges, unknown keys), then instantiate
+    every group and check across fields; no data is read and no model is built."""
+    check(cfg, root)
+    model_config: ModelConfig = make(cfg.model, "model")
+    trainer_config = make(cfg.trainer, "trainer")
+    trainer_config.validate(distributed.launch_world().size)
+    if trainer_config.seq_len > model_config.max_position_embeddings:
+        raise ConfigError(
+            f"trainer.seq_len={trainer_config.seq_len} is invalid: exceeds "
+            f"model.max_position_embeddings={model_config.max_position_embeddings}"
+        )
+    optimizer = make(cfg.optimizer, "optimizer")
+    check_partial(optimizer, "optimizer", "model")
+    schedule = make(cfg.schedule, "schedule")
+    check_partial(schedule, "schedule", "optimizer")
+    dry_run(optimizer, schedule)
+    return {
+        "model_config": model_config,
+        "trainer_config": trainer_config,
+        "data_config": make(cfg.data, "data"),
+        "optimizer": optimizer,
+        "schedule": schedule,
+    }
+
+
+def dry_run(optimizer: Any, schedule: Any) -> None:
+    """Complete the optimizer and schedule partials on a one-layer stand-in, so a check that
+    only the built objects make (warmup_steps <= total_steps, ...) fails now, not at step 0."""
+    import torch
+
+    schedule(optimizer(torch.nn.Linear(2, 2)))
+
+
+class CheckConfigFirst(Callback):
+    """hydra.callbacks in conf/config.yaml: validate (`build`) the composed config before Hydra
+    creates the run directory, its .hydra/ and train.log, so a refused config leaves nothing.
+    A multirun checks its base config; each job is checked again as it starts."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._check(config)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._check(config)
+
+    @staticmethod
+    def _check(config: DictConfig) -> None:
+        from hydra.core.hydra_config import HydraConfig
+
+        HydraConfig.instance().set_config(config)  # for ${hydra:...} in the task's config
+        try:
+            build(config)
+        except (ConfigError, InterpolationResolutionError, DataError) as error:
+            # Hydra turns an exception raised in a callback into a warning: report and exit here
+            print(f"{type(error).__name__}: {error}", file=sys.stderr, flush=True)
+            raise SystemExit(2) from error

@@ -17,10 +17,10 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf, open_dict
 
 from gpt_oss import bench, evaluate, generate, info, schema
-from gpt_oss.config import ConfigError, ModelConfig
-from gpt_oss.optim import adamw, warmup_cosine
-from gpt_oss.train import build
+from gpt_oss.model.config import ConfigError, ModelConfig
+from gpt_oss.schema import build
 from gpt_oss.train import run as train_run
+from gpt_oss.training.optim import adamw, warmup_cosine
 from gpt_oss.validation import (
     INSTANTIATE_KEYS,
     Interval,
@@ -141,8 +141,8 @@ def test_evaluate_refuses_bad_values_before_reading_or_loading_anything(override
 
 
 def test_evaluate_refuses_a_context_longer_than_the_models_positions(tmp_path):
-    from gpt_oss.checkpoint import save_checkpoint
-    from gpt_oss.model import GptOss
+    from gpt_oss.model.model import GptOss
+    from gpt_oss.training.checkpoint import save_checkpoint
 
     config = ModelConfig(**{**_tiny_model(), "max_position_embeddings": 64})
     checkpoint = tmp_path / "model.pt"

@@ -20,10 +20,10 @@ from hydra.errors import ConfigCompositionException, MissingConfigException
 from omegaconf import OmegaConf
 
 from gpt_oss import schema
-from gpt_oss.config import ConfigError
-from gpt_oss.debugging import RepeatedBatches
-from gpt_oss.train import build
+from gpt_oss.model.config import ConfigError
+from gpt_oss.schema import build
 from gpt_oss.train import run as train_run
+from gpt_oss.training.debugging import RepeatedBatches
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"

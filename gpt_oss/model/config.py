@@ -18,9 +18,6 @@ BALANCING = ("aux_loss", "bias", "none")
 IMPLEMENTATION_FIELDS = ("attn_impl", "moe_impl", "loss_chunk_tokens")
 
 
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-
-
 def resolve_device(name: str, option: str = "device") -> torch.device:
     """auto = cuda when present, else cpu; an unavailable cuda is an error (naming option), not
     a fallback."""
