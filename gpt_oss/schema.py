@@ -105,7 +105,12 @@ def check(cfg: Container, schema: type = RunConfig) -> None:
         for key in cfg
         if key != "hydra"
     }
-    check_config(node, schema, extra_keys=ROOT_GROUPS)
+    check_config(node, schema, extra_keys=root_groups(schema))
+
+
+def root_groups(schema: type) -> tuple[str, ...]:
+    """Config groups valid at the root of `schema`'s configs beside its fields."""
+    return ROOT_GROUPS if issubclass(schema, RunConfig) else ("hydra",)
 
 
 def check_command_line(args: Sequence[str], schema: type, conf_dir: Path = CONF_DIR) -> None:
@@ -137,7 +142,7 @@ def _check_key(path: list[str], schema: type, conf_dir: Path) -> None:
         prefix = ".".join(path[:depth])
         if is_dataclass(node):
             keys = [f.name for f in fields(node)]
-            extra = ROOT_GROUPS if depth == 0 else ()
+            extra = root_groups(schema) if depth == 0 else ()
             if name not in keys and name not in extra:
                 raise ConfigError(unknown_key_message(prefix, name, [*keys, *extra]))
             node = get_type_hints(node).get(name)
