@@ -26,22 +26,32 @@ from typing import Any
 
 import numpy as np
 
+from gpt_oss.config import ConfigError
 from gpt_oss.tokenizer import ENCODING_NAME, ENDOFTEXT, ENDOFTEXT_ID, VOCAB_SIZE, get_tokenizer
 
 __all__ = [
     "VOCABULARIES",
+    "VOCABULARY_SETTINGS",
     "CompactVocabulary",
     "FullVocabulary",
     "Vocabulary",
     "VocabularyError",
     "byte_token_ids",
+    "check_vocab_size_setting",
     "count_tokens",
+    "follow_data",
+    "planned_size",
+    "resolve_vocabulary",
     "special_token_ids",
     "vocabulary_from_dict",
 ]
 
 FORMAT = "gpt-oss-lab/vocabulary/1"
-VOCABULARIES = ("compact", "full")  # data.vocabulary
+VOCABULARIES = ("compact", "full")
+# data.vocabulary; auto = full when the model states o200k's 201088 (model=full, gpt_oss_120b),
+# else compact
+VOCABULARY_SETTINGS = ("auto", *VOCABULARIES)
+MIN_COMPACT_SIZE = 257  # the 256 byte tokens and <|endoftext|>
 COUNT_CHUNK_TOKENS = 1 << 24  # bincount a memory-mapped split 64 MB at a time
 
 
@@ -75,6 +85,52 @@ def count_tokens(tokens: np.ndarray, chunk_tokens: int = COUNT_CHUNK_TOKENS) -> 
             )
         counts += np.bincount(chunk, minlength=VOCAB_SIZE)
     return counts
+
+
+def check_vocab_size_setting(size: Any, specials_used: int = 1) -> None:
+    """VocabularyError unless data.vocab_size is an int that fits the byte tokens and the
+    special tokens the data uses (at least <|endoftext|>) and o200k's 201088 ids."""
+    least = 256 + specials_used
+    if not isinstance(size, int) or isinstance(size, bool) or not least <= size <= VOCAB_SIZE:
+        raise VocabularyError(
+            f"data.vocab_size={size!r} is invalid: a compact vocabulary needs at least {least} "
+            f"ids (the 256 byte tokens and the {specials_used} special token(s) the data uses) "
+            f"and at most {VOCAB_SIZE}; null keeps exactly the ids the training split uses"
+        )
+
+
+def resolve_vocabulary(setting: str, model_vocab_size: int | None) -> str:
+    """data.vocabulary -> "compact" | "full": auto is full when the model states o200k's
+    201088 ids (model=full, gpt_oss_120b, release weights) and compact otherwise."""
+    if setting not in VOCABULARY_SETTINGS:
+        raise VocabularyError(
+            f"data.vocabulary={setting!r} is invalid: must be one of {', '.join(VOCABULARY_SETTINGS)}"
+        )
+    if setting != "auto":
+        return setting
+    return "full" if model_vocab_size == VOCAB_SIZE else "compact"
+
+
+def planned_size(vocabulary: str, vocab_size: int | None) -> int | None:
+    """The vocab_size a (resolved) vocabulary setting gives a model: 201088 for full,
+    data.vocab_size for compact; None when it is only known once the training split is counted."""
+    return VOCAB_SIZE if vocabulary == "full" else vocab_size
+
+
+def follow_data(model_vocab_size: int | None, data_size: int | None, setting: str) -> int | None:
+    """model.vocab_size given the data's vocabulary size (None: not known yet): null follows
+    the data; a stated size must equal it. ConfigError naming both values and the fix.
+    setting: how the data's vocabulary was chosen, for the message."""
+    if model_vocab_size is None:
+        return data_size
+    if data_size is not None and model_vocab_size != data_size:
+        raise ConfigError(
+            f"model.vocab_size={model_vocab_size} disagrees with the data's vocabulary of "
+            f"{data_size} ids ({setting}): leave model.vocab_size null to follow the data, or "
+            f"choose the data's vocabulary to match (data.vocabulary=full for 201088, "
+            f"data.vocab_size=N for a compact one)"
+        )
+    return model_vocab_size
 
 
 def _as_ids(ids: Sequence[int] | np.ndarray, size: int, what: str) -> np.ndarray:
@@ -196,28 +252,34 @@ class CompactVocabulary(Vocabulary):
         self._bytes = self._lookup[byte_token_ids()]  # (256,) compact id of each byte
 
     @classmethod
-    def from_counts(cls, counts: np.ndarray, max_size: int | None = None) -> CompactVocabulary:
-        """Every o200k id with a count > 0 (or the most frequent ones, ties to the lower id, so
-        that the vocabulary has at most max_size ids), plus all byte tokens and the specials
-        used. counts: (VOCAB_SIZE,) occurrences per o200k id, e.g. from `count_tokens`."""
+    def from_counts(cls, counts: np.ndarray, size: int | None = None) -> CompactVocabulary:
+        """The vocabulary a training split with these token counts gets.
+
+        counts: (VOCAB_SIZE,) occurrences per o200k id, e.g. from `count_tokens`. size None:
+        every id with a count > 0, plus all byte tokens and <|endoftext|>. size N: exactly N
+        ids: the byte tokens, the special tokens used, then the most frequent ids (ties to the
+        lower id); when the data uses fewer, the rest are the lowest-ranked (most common in
+        o200k's own corpus) ordinary ids it did not use, so the model's vocab_size is N exactly
+        (padding, as nanoGPT pads 50257 to 50304; those rows are simply never trained).
+        """
         counts = np.asarray(counts)
         if counts.shape != (VOCAB_SIZE,):
             raise VocabularyError(f"counts must have shape ({VOCAB_SIZE},), got {counts.shape}")
         used = np.flatnonzero(counts > 0)
         specials = [i for i in special_token_ids() if counts[i] > 0 or i == ENDOFTEXT_ID]
         required = np.union1d(byte_token_ids(), specials)
-        if max_size is not None and max_size < len(required):
-            raise VocabularyError(
-                f"data.vocab_size={max_size} is invalid: a compact vocabulary needs at least "
-                f"{len(required)} ids (256 byte tokens + {len(required) - 256} special tokens "
-                f"used by the data), or null for every id the data uses"
-            )
         candidates = np.setdiff1d(used, required)
-        if max_size is not None and len(candidates) > max_size - len(required):
+        if size is None:
+            return cls(np.union1d(required, candidates))
+        check_vocab_size_setting(size, len(required) - 256)
+        free = size - len(required)
+        if len(candidates) >= free:
             # most frequent first; lexsort's last key is primary, so ties go to the lower id
             order = np.lexsort((candidates, -counts[candidates]))
-            candidates = candidates[order[: max_size - len(required)]]
-        return cls(np.union1d(required, candidates))
+            return cls(np.union1d(required, candidates[order[:free]]))
+        padding = np.setdiff1d(np.arange(VOCAB_SIZE), np.union1d(required, candidates))
+        padding = np.setdiff1d(padding, list(special_token_ids()))[: free - len(candidates)]
+        return cls(np.union1d(np.union1d(required, candidates), padding))
 
     @property
     def size(self) -> int:

@@ -148,24 +148,29 @@ def test_specials_are_kept_by_id_and_refused_when_absent(vocabulary):
     counts = np.zeros(VOCAB_SIZE, dtype=np.int64)
     counts[[300, 301, 302]] = 100
     counts[200006] = 1
-    small = CompactVocabulary.from_counts(counts, max_size=258)
+    small = CompactVocabulary.from_counts(counts, size=258)
     assert small.contains([200006, ENDOFTEXT_ID]).all() and small.size == 258
     assert small.encode("<|start|>", allowed_special="all") == [small.token_id("<|start|>")]
 
 
-def test_vocab_size_caps_to_the_most_frequent_ids():
+def test_vocab_size_keeps_the_most_frequent_ids_and_pads_to_exactly_that_size():
     counts = np.zeros(VOCAB_SIZE, dtype=np.int64)
     counts[[1000, 2000, 3000, 4000]] = [5, 50, 7, 50]
     counts[ENDOFTEXT_ID] = 9
-    capped = CompactVocabulary.from_counts(counts, max_size=257 + 2)
+    capped = CompactVocabulary.from_counts(counts, size=257 + 2)
     # 256 bytes + <|endoftext|> + the 2 most frequent (a tie at 50: both kept)
     assert capped.size == 259
     assert capped.contains([2000, 4000]).all() and not capped.contains([1000, 3000]).any()
-    tie = CompactVocabulary.from_counts(counts, max_size=258)  # one slot, two with 50: lower id
+    tie = CompactVocabulary.from_counts(counts, size=258)  # one slot, two with 50: lower id
     assert tie.contains([2000])[0] and not tie.contains([4000])[0]
-    assert CompactVocabulary.from_counts(counts, max_size=100_000).size == 261  # all used ids
-    with pytest.raises(VocabularyError, match=r"data.vocab_size=200 is invalid: .* at least 257"):
-        CompactVocabulary.from_counts(counts, max_size=200)
+    assert CompactVocabulary.from_counts(counts).size == 261  # null: exactly the used ids
+    # more room than used ids: padded with the lowest-ranked unused ordinary ids (256, 257, ...)
+    padded = CompactVocabulary.from_counts(counts, size=264)
+    assert padded.size == 264 and padded.contains([1000, 2000, 3000, 4000, 256, 257, 258]).all()
+    assert not padded.contains([259])[0]
+    for bad in (200, 257.5, VOCAB_SIZE + 1):
+        with pytest.raises(VocabularyError, match=rf"data.vocab_size={bad} is invalid: .* at least 257"):
+            CompactVocabulary.from_counts(counts, size=bad)
 
 
 def test_serialised_map_is_plain_json_and_checked(vocabulary):
