@@ -43,7 +43,9 @@ def resolve_device(name: str, option: str = "device") -> torch.device:
 class ModelConfig:
     """Shape and switches of a GPT-OSS model. Defaults are gpt-oss-20b."""
 
-    vocab_size: int = 201088
+    # None (null in conf/model/*.yaml) = follow the data's vocabulary (data.vocabulary):
+    # resolved by the entry point once the data is known; a model is built from an int only.
+    vocab_size: int | None = 201088
     hidden_size: int = 2880
     intermediate_size: int = 2880  # width of each expert
     num_hidden_layers: int = 24
@@ -90,8 +92,9 @@ class ModelConfig:
 
     def validate(self) -> None:
         """Raise ConfigError naming the first impossible field."""
+        names = "vocab_size " if self.vocab_size is not None else ""
         for name in (
-            "vocab_size hidden_size intermediate_size num_hidden_layers num_attention_heads "
+            names + "hidden_size intermediate_size num_hidden_layers num_attention_heads "
             "num_key_value_heads head_dim num_experts experts_per_token sliding_window "
             "max_position_embeddings initial_context_length"
         ).split():
@@ -132,6 +135,15 @@ class ModelConfig:
                 raise ConfigError(f"model.{name}={getattr(self, name)!r} is invalid: must be > 0")
         if self.loss_chunk_tokens < 0:
             raise ConfigError(f"model.loss_chunk_tokens={self.loss_chunk_tokens} is invalid: must be >= 0")
+
+    def require_vocab_size(self) -> int:
+        """vocab_size, or ConfigError when it is still null (to follow data not yet prepared)."""
+        if self.vocab_size is None:
+            raise ConfigError(
+                "model.vocab_size is null (it follows the data's vocabulary): resolve it from the "
+                "prepared data (gpt_oss.train does) or give model.vocab_size=N"
+            )
+        return self.vocab_size
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

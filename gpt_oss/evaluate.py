@@ -25,15 +25,16 @@ import torch.nn.functional as F
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig
 
-from gpt_oss.checkpoint import load_with_run_config
+from gpt_oss.checkpoint import load_with_vocabulary
 from gpt_oss.config import ConfigError, resolve_device
 from gpt_oss.data import encode_text
-from gpt_oss.generate import resolve_dtype
+from gpt_oss.generate import checkpoint_text_vocabulary, resolve_dtype
 from gpt_oss.hf import CheckpointError
 from gpt_oss.losses import IGNORE_INDEX
 from gpt_oss.metrics import bits_per_byte
 from gpt_oss.model import GptOss
-from gpt_oss.tokenizer import ENDOFTEXT_ID, get_tokenizer
+from gpt_oss.tokenizer import get_tokenizer
+from gpt_oss.vocabulary import FullVocabulary, Vocabulary
 
 DEFAULT_CONTEXT = 1024  # when the checkpoint does not say what it was trained on
 LOSS_CHUNK_TOKENS = 1024  # logits exist for this many tokens at a time (201k vocab: 0.8 GB fp32)
@@ -175,14 +176,22 @@ def summed_cross_entropy(
 
 
 def score_documents(
-    model: GptOss, documents: list[str], context_length: int, stride: int, batch_size: int
+    model: GptOss,
+    documents: list[str],
+    context_length: int,
+    stride: int,
+    batch_size: int,
+    vocabulary: Vocabulary | None = None,
 ) -> Score:
-    """Loss over every token of every document (and its closing <|endoftext|>)."""
-    tokenizer = get_tokenizer()
+    """Loss over every token of every document (and its closing <|endoftext|>), the tokens in
+    the model's vocabulary (default: the full o200k_harmony one); bytes are the documents'
+    UTF-8 bytes whatever the vocabulary, so bits per byte compare across vocabularies."""
+    tokenizer, vocabulary = get_tokenizer(), vocabulary or FullVocabulary()
+    endoftext = vocabulary.endoftext_id
     windows, tokens, num_bytes = [], 0, 0
     for document in documents:
         encoded, document_bytes = encode_text(tokenizer, document)  # as training tokenizes
-        ids = [ENDOFTEXT_ID, *encoded.tolist(), ENDOFTEXT_ID]
+        ids = [endoftext, *vocabulary.from_o200k(encoded).tolist(), endoftext]
         num_bytes += document_bytes
         if max(ids) >= model.config.vocab_size:
             raise ConfigError(
@@ -210,12 +219,13 @@ def run(cfg: DictConfig) -> Score:
         raise ConfigError(f"batch_size={cfg.batch_size} is invalid: must be >= 1")
     documents = read_documents(cfg.text_file, cfg.separator, cfg.field, cfg.max_documents)
     device = resolve_device(cfg.device)
-    model, run_config = load_with_run_config(
+    vocabulary = checkpoint_text_vocabulary(cfg.checkpoint)  # cheap: no weights are read
+    model, _, run_config = load_with_vocabulary(
         cfg.checkpoint, device, resolve_dtype(cfg.dtype, device)
     )
     context = cfg.context_length or default_context(run_config, model)
     stride = cfg.stride or max(context // 2, 1)
-    score = score_documents(model, documents, context, stride, cfg.batch_size)
+    score = score_documents(model, documents, context, stride, cfg.batch_size, vocabulary)
     print(
         f"{cfg.checkpoint} on {cfg.text_file}: {score.documents} documents, {score.tokens:,} tokens, "
         f"{score.bytes:,} bytes (context {context}, stride {stride})"

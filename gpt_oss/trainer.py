@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from gpt_oss.checkpoint import read_checkpoint, save_checkpoint
+from gpt_oss.checkpoint import checkpoint_vocabulary, read_checkpoint, save_checkpoint
 from gpt_oss.config import IMPLEMENTATION_FIELDS, ConfigError, resolve_device
 from gpt_oss.distributed import (
     PARALLEL_MODES,
@@ -41,6 +41,7 @@ from gpt_oss.model import GptOss
 from gpt_oss.plots import plot_losses
 from gpt_oss.runtime import keep_freed_memory
 from gpt_oss.tracking import MetricsFile, NullLogger, read_metrics
+from gpt_oss.vocabulary import Vocabulary
 
 log = logging.getLogger(__name__)
 
@@ -192,6 +193,7 @@ class Trainer:
         run_dir: str | Path,
         logger: Any = None,
         run_config: dict | None = None,
+        vocabulary: Vocabulary | None = None,
     ):
         from gpt_oss.data import (  # data pulls in datasets: import when needed
             TrainLoader,
@@ -236,6 +238,8 @@ class Trainer:
         )
         self.logger = (logger or NullLogger()) if self.world.is_main else NullLogger()
         self.run_config = run_config or {}
+        # the map from o200k ids to the model's ids, stored in every checkpoint
+        self.vocabulary = vocabulary if vocabulary is not None else getattr(data, "vocabulary", None)
         self.metrics = MetricsFile(self.run_dir / "metrics.jsonl")
         self.step, self.best_val, self.skipped, self.tokens_seen = 0, math.inf, 0, 0
         self.flops_per_token = flops_per_token(model.config, config.seq_len)
@@ -416,6 +420,7 @@ class Trainer:
             data=self.train_loader.state_dict(),
             wandb_run_id=self.logger.run_id,
             run_config=self.run_config,
+            vocabulary=self.vocabulary.to_dict() if self.vocabulary is not None else None,
         )
         folder = self.run_dir / "checkpoints"
         if self.config.parallel != "none":
@@ -483,6 +488,11 @@ class Trainer:
         if diff:
             raise CheckpointError(
                 f"{path} was trained with another model config: (now, checkpoint) = {diff}"
+            )
+        if (saved := checkpoint_vocabulary(payload, path)) != self.vocabulary:
+            raise CheckpointError(
+                f"{path} was trained with another vocabulary ({saved!r}) than this run's data "
+                f"gives ({self.vocabulary!r}): its ids mean other tokens"
             )
         return payload
 

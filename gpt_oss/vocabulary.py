@@ -347,6 +347,9 @@ class CompactVocabulary(Vocabulary):
     def to_dict(self) -> dict[str, Any]:
         return super().to_dict() | {"o200k_ids": self.o200k_ids.tolist(), "sha256": self.sha256}
 
+    def __repr__(self) -> str:
+        return f"CompactVocabulary(size={self.size}, sha256={self.sha256[:12]})"
+
 
 def _checksum(o200k_ids: list[int]) -> str:
     payload = json.dumps({"format": FORMAT, "tokenizer": ENCODING_NAME, "o200k_ids": o200k_ids})
