@@ -93,7 +93,7 @@ def token_id(text: str, what: str = "stop token", vocabulary: Vocabulary | None 
     try:
         return vocabulary.token_id(text)
     except VocabularyError as error:
-        raise ConfigError(f"{what} {error}; give its id") from error
+        raise ConfigError(f"{what} {error}") from error
 
 
 def encode_prompt(text: str, start: str | None, vocabulary: Vocabulary | None = None) -> list[int]:

@@ -193,14 +193,19 @@ class Vocabulary:
         try:
             o200k = get_tokenizer().encode_single_token(text)
         except KeyError as error:
-            raise VocabularyError(f"{text!r} is not a single token of {ENCODING_NAME}") from error
-        ids = self.from_o200k([o200k])
-        if len(ids) != 1:
+            raise VocabularyError(
+                f"{text!r} is not a single token of {ENCODING_NAME}; give its id"
+            ) from error
+        if not self.contains([o200k])[0]:
             raise VocabularyError(
                 f"{text!r} (o200k id {o200k}) is not in this {self.size}-token {self.kind} "
-                "vocabulary (it is spelled by its bytes there)"
+                "vocabulary: its training data never used it"
             )
-        return int(ids[0])
+        return int(self.from_o200k([o200k])[0])
+
+    def contains(self, o200k_ids: Sequence[int] | np.ndarray) -> np.ndarray:
+        """(N,) bool: which o200k ids have a model id of their own (the rest are spelled)."""
+        return np.ones(len(_as_ids(o200k_ids, VOCAB_SIZE, "o200k")), dtype=bool)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able data; `vocabulary_from_dict` reads it back."""

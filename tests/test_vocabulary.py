@@ -10,7 +10,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
+from gpt_oss.checkpoint import load_vocabulary, load_with_vocabulary, save_checkpoint
+from gpt_oss.config import ConfigError
+from gpt_oss.generate import checkpoint_text_vocabulary, encode_prompt, token_id
+from gpt_oss.hf import VOCABULARY_FILE, CheckpointError, export_hf
 from gpt_oss.tokenizer import ENDOFTEXT, ENDOFTEXT_ID, VOCAB_SIZE, get_tokenizer
 from gpt_oss.vocabulary import (
     CompactVocabulary,
@@ -142,6 +147,8 @@ def test_specials_are_kept_by_id_and_refused_when_absent(vocabulary):
         vocabulary.encode("<|start|>hi", allowed_special="all")
     with pytest.raises(VocabularyError, match="not a single token"):
         vocabulary.token_id("not one token")
+    with pytest.raises(VocabularyError, match=r"'<\|start\|>' \(o200k id 200006\) is not in this"):
+        vocabulary.token_id("<|start|>")
     with pytest.raises(VocabularyError, match=r"outside \[0, "):
         vocabulary.decode([vocabulary.size])
     # a special the data used is kept, though it is not among the most frequent
@@ -169,7 +176,9 @@ def test_vocab_size_keeps_the_most_frequent_ids_and_pads_to_exactly_that_size():
     assert padded.size == 264 and padded.contains([1000, 2000, 3000, 4000, 256, 257, 258]).all()
     assert not padded.contains([259])[0]
     for bad in (200, 257.5, VOCAB_SIZE + 1):
-        with pytest.raises(VocabularyError, match=rf"data.vocab_size={bad} is invalid: .* at least 257"):
+        with pytest.raises(
+            VocabularyError, match=rf"data.vocab_size={bad} is invalid: .* at least 257"
+        ):
             CompactVocabulary.from_counts(counts, size=bad)
 
 
@@ -213,3 +222,94 @@ def test_the_whole_sample_needs_about_eight_thousand_ids():
     tokens = np.concatenate([encoding.encode_to_numpy(t, disallowed_special=()) for t in texts])
     vocabulary = CompactVocabulary.from_counts(count_tokens(tokens))
     assert 8000 < vocabulary.size < 8500
+
+
+# --- the map travels with the model: checkpoints and Hugging Face exports ----------------------
+
+
+@pytest.fixture
+def compact_model(make_model, vocabulary):
+    """A random model whose vocab_size is the compact vocabulary's."""
+    return make_model(vocab_size=vocabulary.size, sliding_window=16)
+
+
+def test_a_checkpoint_stores_the_map_and_loads_it_back(compact_model, vocabulary, tmp_path):
+    path = save_checkpoint(
+        tmp_path / "checkpoints" / "last.pt", compact_model, vocabulary=vocabulary.to_dict()
+    )
+    assert load_vocabulary(path) == vocabulary
+    assert load_vocabulary(tmp_path) == vocabulary  # a run directory
+    model, loaded, _ = load_with_vocabulary(path)
+    assert loaded == vocabulary and model.config.vocab_size == vocabulary.size
+    ids = torch.tensor([vocabulary.encode("Once upon a time, a dragon 🐉 flew.")])
+    torch.testing.assert_close(model(ids), compact_model(ids), rtol=0, atol=0)
+
+
+def test_a_checkpoint_without_a_map_is_full_or_raw_ids(make_model, tmp_path):
+    raw = save_checkpoint(tmp_path / "raw.pt", make_model())  # conftest's 1000-id test model
+    assert load_vocabulary(raw) is None
+    with pytest.raises(ConfigError, match="stores no vocabulary"):
+        checkpoint_text_vocabulary(str(raw))
+
+
+def test_a_damaged_or_misfitting_map_in_a_checkpoint_is_refused(
+    compact_model, vocabulary, tmp_path
+):
+    damaged = vocabulary.to_dict()
+    damaged["o200k_ids"] = damaged["o200k_ids"][:-1] + [damaged["o200k_ids"][-1] + 1]
+    path = save_checkpoint(tmp_path / "damaged.pt", compact_model, vocabulary=damaged)
+    with pytest.raises(CheckpointError, match="damaged.pt: its vocabulary is unusable: .*checksum"):
+        load_vocabulary(path)
+    other = CompactVocabulary.from_counts(np.zeros(VOCAB_SIZE, dtype=np.int64), size=300)
+    path = save_checkpoint(tmp_path / "other.pt", compact_model, vocabulary=other.to_dict())
+    with pytest.raises(
+        CheckpointError, match=f"300 ids but the model's vocab_size is {vocabulary.size}"
+    ):
+        load_with_vocabulary(path)
+
+
+def test_generate_encodes_prompts_and_stops_in_the_compact_vocabulary(vocabulary):
+    ids = encode_prompt("Once upon a time 🐉", "<|endoftext|>", vocabulary)
+    assert ids[0] == vocabulary.endoftext_id and vocabulary.decode(ids[1:]) == "Once upon a time 🐉"
+    assert token_id("<|endoftext|>", vocabulary=vocabulary) == vocabulary.endoftext_id
+    with pytest.raises(
+        ConfigError, match=r"stop token '<\|start\|>' \(o200k id 200006\) is not in"
+    ):
+        token_id("<|start|>", vocabulary=vocabulary)
+
+
+@pytest.mark.usefixtures("single_threaded")
+def test_a_compact_export_loads_in_transformers_with_the_same_logits(
+    compact_model, vocabulary, tmp_path
+):
+    transformers = pytest.importorskip("transformers")
+    directory = export_hf(compact_model, tmp_path / "hf", vocabulary=vocabulary)
+    config = json.loads((directory / "config.json").read_text())
+    assert (
+        config["vocab_size"] == vocabulary.size
+        and config["eos_token_id"] == vocabulary.endoftext_id
+    )
+    reference = transformers.GptOssForCausalLM.from_pretrained(
+        directory, attn_implementation="eager", experts_implementation="eager", dtype=torch.float32
+    ).eval()
+    ids = torch.tensor(
+        [[vocabulary.endoftext_id, *vocabulary.encode("Once upon a time, Zyx 你好 🐉.")]]
+    )
+    with torch.no_grad():
+        expected, actual = reference(ids).logits, compact_model(ids)
+    assert actual.shape[-1] == vocabulary.size
+    assert ((actual - expected).norm() / expected.norm()).item() < 1e-4
+    assert load_vocabulary(directory) == vocabulary  # load_model, generate, evaluate read it
+    model, loaded, _ = load_with_vocabulary(directory)
+    assert loaded == vocabulary and model.config.vocab_size == vocabulary.size
+    # exporting a full-vocabulary model over it leaves no stale map behind
+    export_hf(compact_model, directory)
+    assert not (directory / VOCABULARY_FILE).exists()
+
+
+def test_an_export_whose_map_does_not_fit_the_model_is_refused(make_model, vocabulary, tmp_path):
+    with pytest.raises(
+        CheckpointError, match=f"{vocabulary.size} ids but the model's vocab_size is 1000"
+    ):
+        export_hf(make_model(), tmp_path / "hf", vocabulary=vocabulary)
+    assert not (tmp_path / "hf").exists()
