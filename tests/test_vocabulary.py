@@ -12,12 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-from gpt_oss.checkpoint import load_vocabulary, load_with_vocabulary, save_checkpoint
-from gpt_oss.config import ConfigError
 from gpt_oss.generate import checkpoint_text_vocabulary, encode_prompt, token_id
-from gpt_oss.hf import VOCABULARY_FILE, CheckpointError, export_hf
-from gpt_oss.tokenizer import ENDOFTEXT, ENDOFTEXT_ID, VOCAB_SIZE, get_tokenizer
-from gpt_oss.vocabulary import (
+from gpt_oss.model.config import ConfigError
+from gpt_oss.model.hf import VOCABULARY_FILE, CheckpointError, export_hf
+from gpt_oss.model.tokenizer import ENDOFTEXT, ENDOFTEXT_ID, VOCAB_SIZE, get_tokenizer
+from gpt_oss.model.vocabulary import (
     CompactVocabulary,
     FullVocabulary,
     VocabularyError,
@@ -25,6 +24,7 @@ from gpt_oss.vocabulary import (
     count_tokens,
     vocabulary_from_dict,
 )
+from gpt_oss.training.checkpoint import load_vocabulary, load_with_vocabulary, save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 

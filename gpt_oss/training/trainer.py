@@ -16,9 +16,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from gpt_oss.checkpoint import checkpoint_vocabulary, read_checkpoint, save_checkpoint
-from gpt_oss.config import IMPLEMENTATION_FIELDS, ConfigError, resolve_device
-from gpt_oss.distributed import (
+from gpt_oss.data.loaders import TrainLoader, ValLoader
+from gpt_oss.model.config import IMPLEMENTATION_FIELDS, ConfigError, resolve_device
+from gpt_oss.model.hf import CheckpointError
+from gpt_oss.model.model import GptOss
+from gpt_oss.model.vocabulary import Vocabulary
+from gpt_oss.studies.plots import plot_losses
+from gpt_oss.training.checkpoint import checkpoint_vocabulary, read_checkpoint, save_checkpoint
+from gpt_oss.training.distributed import (
     PARALLEL_MODES,
     checkpoint_blocks,
     current_world,
@@ -33,15 +38,10 @@ from gpt_oss.distributed import (
     sharded_checkpoint,
     sum_floats,
     sum_over_ranks_,
-    val_batches,
 )
-from gpt_oss.hf import CheckpointError
-from gpt_oss.metrics import bits_per_byte, flops_per_token, peak_flops
-from gpt_oss.model import GptOss
-from gpt_oss.plots import plot_losses
-from gpt_oss.runtime import keep_freed_memory
-from gpt_oss.tracking import MetricsFile, NullLogger, read_metrics
-from gpt_oss.vocabulary import Vocabulary
+from gpt_oss.training.metrics import bits_per_byte, flops_per_token, peak_flops
+from gpt_oss.training.runtime import keep_freed_memory
+from gpt_oss.training.tracking import MetricsFile, NullLogger, read_metrics
 
 log = logging.getLogger(__name__)
 
@@ -195,11 +195,6 @@ class Trainer:
         run_config: dict | None = None,
         vocabulary: Vocabulary | None = None,
     ):
-        from gpt_oss.data import (  # data pulls in datasets: import when needed
-            TrainLoader,
-            ValLoader,
-        )
-
         self.world = current_world()  # rank and size of the process group (one process without)
         config.validate(self.world.size)
         self.config, self.data = config, data
@@ -323,7 +318,7 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
-        if self.device.type == "cpu":  # once the optimizer state exists: see gpt_oss/runtime.py
+        if self.device.type == "cpu":  # once the optimizer state exists: see gpt_oss/training/runtime.py
             keep_freed_memory()
         self.schedule.step()
         self.model.update_selection_bias(counts)
@@ -346,8 +341,8 @@ class Trainer:
         """Validation loss, perplexity and bits per byte over the fixed validation windows."""
         self.model.eval()
         loss_sum, tokens = 0.0, 0
-        for inputs, targets, weight in val_batches(
-            self.val_loader, self.world
+        for inputs, targets, weight in self.val_loader.rank_batches(
+            self.world.rank, self.world.size
         ):  # this rank's share
             with self._autocast():
                 out = self.model.loss(inputs, targets)

@@ -26,8 +26,14 @@ from typing import Any
 
 import numpy as np
 
-from gpt_oss.config import ConfigError
-from gpt_oss.tokenizer import ENCODING_NAME, ENDOFTEXT, ENDOFTEXT_ID, VOCAB_SIZE, get_tokenizer
+from gpt_oss.model.config import ConfigError
+from gpt_oss.model.tokenizer import (
+    ENCODING_NAME,
+    ENDOFTEXT,
+    ENDOFTEXT_ID,
+    VOCAB_SIZE,
+    get_tokenizer,
+)
 
 __all__ = [
     "VOCABULARIES",

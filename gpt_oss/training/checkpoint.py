@@ -9,11 +9,11 @@ from typing import Any
 
 import torch
 
-from gpt_oss.config import ModelConfig
-from gpt_oss.hf import CheckpointError, build_with_state, hf_vocabulary, import_hf
-from gpt_oss.model import GptOss
-from gpt_oss.tokenizer import VOCAB_SIZE
-from gpt_oss.vocabulary import Vocabulary, VocabularyError, vocabulary_from_dict
+from gpt_oss.model.config import ModelConfig
+from gpt_oss.model.hf import CheckpointError, build_with_state, hf_vocabulary, import_hf
+from gpt_oss.model.model import GptOss
+from gpt_oss.model.tokenizer import VOCAB_SIZE
+from gpt_oss.model.vocabulary import Vocabulary, VocabularyError, vocabulary_from_dict
 
 FORMAT = "gpt-oss-lab/1"
 
@@ -128,7 +128,7 @@ def load_with_vocabulary(
     stored with it ({} if none), from one read of the checkpoint.
 
     A Hugging Face directory loads onto the device (MXFP4 experts dequantized there tensor by
-    tensor, gpt_oss.hf). Our checkpoints are read on the CPU, so their optimizer state never
+    tensor, gpt_oss.model.hf). Our checkpoints are read on the CPU, so their optimizer state never
     reaches the GPU, and only the weights move, cast to dtype when given.
     """
     path = Path(path)

@@ -1,5 +1,5 @@
 """Prepared data in a compact vocabulary: the o200k token files re-expressed in the vocabulary
-their training split needs (gpt_oss.vocabulary), cached beside them.
+their training split needs (gpt_oss.model.vocabulary), cached beside them.
 
 `<directory>/compact-<size | all>/<split>.bin` holds the split's compact ids (uint32, the same
 layout: <|endoftext|> before every document) and `<split>.json` the usual token metadata plus
@@ -15,7 +15,6 @@ checksum disagrees) is a DataError naming the file, as for the o200k files.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import logging
@@ -27,20 +26,17 @@ from typing import Any
 
 import numpy as np
 
-from gpt_oss.data import (
+from gpt_oss.data.config import DataError
+from gpt_oss.data.tokens import (
     FORMAT,
-    SPLITS,
     TOKEN_DTYPE,
-    DataError,
-    PreparedData,
     TokenFile,
-    _atomic_write_text,
-    _exclusive,
-    _fsync_directory,
+    atomic_write_text,
+    fsync_directory,
     read_metadata,
 )
-from gpt_oss.tokenizer import ENCODING_NAME
-from gpt_oss.vocabulary import (
+from gpt_oss.model.tokenizer import ENCODING_NAME
+from gpt_oss.model.vocabulary import (
     CompactVocabulary,
     Vocabulary,
     VocabularyError,
@@ -53,49 +49,56 @@ log = logging.getLogger(__name__)
 MAP_CHUNK_TOKENS = 1 << 22  # o200k tokens mapped per step: ~50 MB of temporaries
 
 
-def compact_directory(prepared: PreparedData, size: int | None) -> Path:
-    """Where the compact splits of `prepared` for data.vocab_size=size live."""
-    return prepared.directory / f"compact-{size if size is not None else 'all'}"
+def compact_directory(directory: Path, size: int | None) -> Path:
+    """Where the compact splits of the o200k splits in `directory` for data.vocab_size=size live."""
+    return directory / f"compact-{size if size is not None else 'all'}"
 
 
-def compact_prepared(
-    prepared: PreparedData, size: int | None, verify_checksum: str = "auto"
-) -> PreparedData:
-    """`prepared` with its splits in the compact vocabulary of its training split (size ids,
-    or exactly the ids it uses for None), building and caching them when needed."""
-    directory = compact_directory(prepared, size)
-    if files := _open_compact(directory, prepared, verify_checksum):
-        return _with_vocabulary(prepared, files)
-    directory.mkdir(parents=True, exist_ok=True)
-    with _exclusive(directory):
-        if files := _open_compact(directory, prepared, verify_checksum):  # another process did
-            return _with_vocabulary(prepared, files)
-        start = time.perf_counter()
-        vocabulary = CompactVocabulary.from_counts(count_tokens(prepared.train.tokens), size)
-        files = {
-            split: _write_compact(directory, split, getattr(prepared, split), vocabulary)
-            for split in SPLITS
-        }
-        log.info(
-            "compact vocabulary of %d ids from %s in %.1f s -> %s",
-            vocabulary.size,
-            prepared.train.path,
-            time.perf_counter() - start,
-            directory,
-        )
-    return _with_vocabulary(prepared, files)
-
-
-def _with_vocabulary(prepared: PreparedData, files: dict[str, TokenFile]) -> PreparedData:
-    vocabulary = file_vocabulary(files["train"])
-    if file_vocabulary(files["val"]) != vocabulary:
+def open_compact(
+    directory: Path, sources: dict[str, TokenFile], verify_checksum: str = "auto"
+) -> dict[str, TokenFile] | None:
+    """The compact splits in `directory` when they were mapped from these o200k `sources`
+    ({split: TokenFile}) and carry one vocabulary, else None; DataError when damaged."""
+    files = {}
+    for split, source in sources.items():
+        bin_path = directory / f"{split}.bin"
+        metadata = read_metadata(bin_path)
+        if metadata is None:
+            return None
+        if metadata.get("o200k_sha256") != source.metadata["sha256"]:
+            log.info("%s was mapped from another %s split: preparing it again", bin_path, split)
+            return None
+        files[split] = TokenFile.open(bin_path, verify_checksum)
+    split_vocabularies = {split: file_vocabulary(file) for split, file in files.items()}
+    if len(set(split_vocabularies.values())) > 1:
         raise DataError(
-            f"{files['val'].path} and {files['train'].path} carry different vocabularies: "
-            f"delete {files['train'].path.parent} to prepare again"
+            f"the splits in {directory} carry different vocabularies: delete it to prepare again"
         )
-    return dataclasses.replace(
-        prepared, train=files["train"], val=files["val"], vocabulary=vocabulary
+    return files
+
+
+def write_compact(
+    directory: Path, sources: dict[str, TokenFile], size: int | None
+) -> dict[str, TokenFile]:
+    """Build the compact vocabulary from sources["train"] (size ids, or exactly the ids it uses
+    for None) and write every split in it to `directory` (the caller holds its lock)."""
+    start = time.perf_counter()
+    try:
+        vocabulary = CompactVocabulary.from_counts(count_tokens(sources["train"].tokens), size)
+    except VocabularyError as error:
+        raise DataError(str(error)) from error
+    files = {
+        split: _write_split(directory, split, source, vocabulary)
+        for split, source in sources.items()
+    }
+    log.info(
+        "compact vocabulary of %d ids from %s in %.1f s -> %s",
+        vocabulary.size,
+        sources["train"].path,
+        time.perf_counter() - start,
+        directory,
     )
+    return files
 
 
 def file_vocabulary(file: TokenFile) -> Vocabulary:
@@ -115,25 +118,7 @@ def file_vocabulary(file: TokenFile) -> Vocabulary:
     return vocabulary
 
 
-def _open_compact(
-    directory: Path, prepared: PreparedData, verify_checksum: str
-) -> dict[str, TokenFile] | None:
-    """Both compact splits when prepared from the current o200k splits, else None."""
-    files = {}
-    for split in SPLITS:
-        bin_path = directory / f"{split}.bin"
-        metadata = read_metadata(bin_path)
-        source = getattr(prepared, split)
-        if metadata is None:
-            return None
-        if metadata.get("o200k_sha256") != source.metadata["sha256"]:
-            log.info("%s was mapped from another %s split: preparing it again", bin_path, split)
-            return None
-        files[split] = TokenFile.open(bin_path, verify_checksum)
-    return files
-
-
-def _write_compact(
+def _write_split(
     directory: Path, split: str, source: TokenFile, vocabulary: CompactVocabulary
 ) -> TokenFile:
     """Map one o200k split to compact ids, chunk by chunk, into directory/<split>.bin
@@ -156,14 +141,14 @@ def _write_compact(
         os.replace(tmp, bin_path)
     finally:
         tmp.unlink(missing_ok=True)
-    metadata = _compact_metadata(split, source, vocabulary, num_tokens, digest.hexdigest())
+    metadata = _metadata(split, source, vocabulary, num_tokens, digest.hexdigest())
     metadata |= {"spelled_o200k_tokens": spelled, "seconds": round(time.perf_counter() - start, 3)}
-    _atomic_write_text(bin_path.with_suffix(".json"), json.dumps(metadata, indent=2) + "\n")
-    _fsync_directory(directory)
+    atomic_write_text(bin_path.with_suffix(".json"), json.dumps(metadata, indent=2) + "\n")
+    fsync_directory(directory)
     return TokenFile.open(bin_path, verify_checksum="never")  # just computed
 
 
-def _compact_metadata(
+def _metadata(
     split: str, source: TokenFile, vocabulary: CompactVocabulary, num_tokens: int, sha256: str
 ) -> dict[str, Any]:
     meta = source.metadata
