@@ -10,7 +10,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from gpt_oss.model.config import ModelConfig
+from gpt_oss.model.config import ConfigError, ModelConfig
 from gpt_oss.model.size import (
     format_report,
     format_training_plan,
@@ -25,9 +25,27 @@ def model_config(node: DictConfig) -> ModelConfig:
     return hydra.utils.instantiate(node, _convert_="all")
 
 
+def resolved_model_config(cfg: DictConfig) -> ModelConfig:
+    """The model group's config with a null vocab_size resolved as training would resolve it
+    against the data group (data.vocab_size for compact, 201088 for full); no data is read."""
+    from gpt_oss.schema import agree_vocabulary
+
+    config = agree_vocabulary(model_config(cfg.model), hydra.utils.instantiate(cfg.data))
+    if config.vocab_size is None:
+        raise ConfigError(
+            "model.vocab_size follows the data, and data.vocab_size=null (every id the training "
+            "split uses) is only known once the data is prepared: give data.vocab_size=N or "
+            "model.vocab_size=N"
+        )
+    return config
+
+
 @hydra.main(version_base=None, config_path="../conf", config_name="info")
 def main(cfg: DictConfig) -> None:
-    config = model_config(cfg.model)
+    try:
+        config = resolved_model_config(cfg)
+    except ConfigError as error:
+        raise SystemExit(f"ConfigError: {error}") from error
     counts = parameter_counts(config)
     name = HydraConfig.get().runtime.choices.get("model", "model")
     print(format_report(name, config, counts))

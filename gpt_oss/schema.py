@@ -9,6 +9,7 @@ logger are open dicts because their keys depend on the chosen target.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from dataclasses import dataclass, field, make_dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ from omegaconf import MISSING, Container, DictConfig, OmegaConf
 
 from gpt_oss.data.config import DataConfig
 from gpt_oss.model.config import ConfigError, ModelConfig, layer_pattern
+from gpt_oss.model.vocabulary import follow_data, planned_size, resolve_vocabulary
 from gpt_oss.studies.gpu_pool import gpu_count
 from gpt_oss.training import distributed
 from gpt_oss.training.trainer import TrainerConfig
@@ -110,9 +112,27 @@ def make(node: DictConfig, group: str, **kwargs: Any) -> Any:
         raise ConfigError(f"{group} config is invalid: {error}") from error
 
 
+def agree_vocabulary(model_config: ModelConfig, data_config: DataConfig) -> ModelConfig:
+    """data.vocabulary=auto resolved against the model (data_config is updated in place), and
+    the model config with vocab_size as far as it is known before the data is prepared: null
+    follows the data; a stated size that disagrees is a ConfigError naming both values."""
+    data_config.vocabulary = resolve_vocabulary(data_config.vocabulary, model_config.vocab_size)
+    planned = planned_size(data_config.vocabulary, data_config.vocab_size)
+    size = follow_data(model_config.vocab_size, planned, vocabulary_setting(data_config))
+    return dataclasses.replace(model_config, vocab_size=size)
+
+
+def vocabulary_setting(data_config: DataConfig) -> str:
+    """How the data's vocabulary is chosen, in config terms (for messages)."""
+    if data_config.vocabulary == "full":
+        return "data.vocabulary=full"
+    return f"data.vocabulary=compact, data.vocab_size={data_config.vocab_size}"
+
+
 def build(cfg: DictConfig) -> dict[str, Any]:
     """Instantiate and validate every config group; no data is read and no model is built."""
-    model_config: ModelConfig = make(cfg.model, "model")
+    data_config: DataConfig = make(cfg.data, "data")
+    model_config = agree_vocabulary(make(cfg.model, "model"), data_config)
     trainer_config = make(cfg.trainer, "trainer")
     trainer_config.validate(distributed.launch_world().size)
     if trainer_config.seq_len > model_config.max_position_embeddings:
@@ -127,7 +147,7 @@ def build(cfg: DictConfig) -> dict[str, Any]:
     return {
         "model_config": model_config,
         "trainer_config": trainer_config,
-        "data_config": make(cfg.data, "data"),
+        "data_config": data_config,
         "optimizer": optimizer,
         "schedule": schedule,
     }
