@@ -126,7 +126,8 @@ def vocabulary_setting(data_config: DataConfig) -> str:
     """How the data's vocabulary is chosen, in config terms (for messages)."""
     if data_config.vocabulary == "full":
         return "data.vocabulary=full"
-    return f"data.vocabulary=compact, data.vocab_size={data_config.vocab_size}"
+    size = "null" if data_config.vocab_size is None else data_config.vocab_size
+    return f"data.vocabulary=compact, data.vocab_size={size}"
 
 
 def build(cfg: DictConfig) -> dict[str, Any]:

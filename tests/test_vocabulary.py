@@ -5,12 +5,11 @@ it are spelled by their bytes, specials are kept or refused, and the map survive
 from __future__ import annotations
 
 import json
-import subprocess
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import tinystories_sample_path
 
 from gpt_oss.generate import checkpoint_text_vocabulary, encode_prompt, token_id
 from gpt_oss.model.config import ConfigError
@@ -26,28 +25,7 @@ from gpt_oss.model.vocabulary import (
 )
 from gpt_oss.training.checkpoint import load_vocabulary, load_with_vocabulary, save_checkpoint
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def tinystories_sample() -> Path | None:
-    """../shared/data/tinystories_sample.jsonl beside this checkout or beside the main checkout
-    of a git worktree; None when neither exists."""
-    candidates = [ROOT.parent / "shared" / "data" / "tinystories_sample.jsonl"]
-    common = subprocess.run(
-        ["git", "rev-parse", "--path-format=absolute", "--git-common-dir"],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        check=False,
-    ).stdout.strip()
-    if common:
-        candidates.append(
-            Path(common).parent.parent / "shared" / "data" / "tinystories_sample.jsonl"
-        )
-    return next((path for path in candidates if path.is_file()), None)
-
-
-SAMPLE = tinystories_sample()
+SAMPLE = tinystories_sample_path()
 needs_sample = pytest.mark.skipif(
     SAMPLE is None, reason="../shared/data/tinystories_sample.jsonl is absent"
 )
