@@ -20,9 +20,10 @@ import hydra
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig
 
-from gpt_oss.model.config import ConfigError, resolve_device, resolve_dtype
-from gpt_oss.model.hf import CheckpointError
+from gpt_oss.cli import exit_on_input_error
+from gpt_oss.model.config import ConfigError, resolve_device
 from gpt_oss.model.model import GptOss
+from gpt_oss.model.precision import DTYPES, resolve_precision
 from gpt_oss.model.sampling import (
     Generation,
     SamplingConfig,
@@ -31,7 +32,7 @@ from gpt_oss.model.sampling import (
     generate,
 )
 from gpt_oss.model.vocabulary import FullVocabulary, Vocabulary, VocabularyError
-from gpt_oss.training.checkpoint import load_vocabulary, load_with_vocabulary
+from gpt_oss.training.checkpoint import load_text_vocabulary, load_with_vocabulary
 
 
 @dataclass
@@ -100,31 +101,21 @@ def encode_prompt(text: str, start: str | None, vocabulary: Vocabulary | None = 
         raise ConfigError(f"prompt {text[:40]!r}: {error}") from error
 
 
-def checkpoint_text_vocabulary(checkpoint: str) -> Vocabulary:
-    """The vocabulary stored with a checkpoint, read without its weights; ConfigError for a
-    model of raw ids, which has no way to read text."""
-    vocabulary = load_vocabulary(checkpoint)
-    if vocabulary is None:
-        raise ConfigError(
-            f"checkpoint={checkpoint!r} stores no vocabulary and is not a 201088-id o200k_harmony "
-            "model: its ids cannot be read as text"
-        )
-    return vocabulary
-
-
 # ------------------------------------------------------------------ running and printing
 def run(cfg: DictConfig, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> list[Generation]:
     """Load, generate every prompt in batches, print prompt + continuation and the speed."""
     sampling = SamplingConfig(cfg.temperature, cfg.top_k, cfg.top_p)
     sampling.validate()
     texts = read_prompts(cfg.prompts_file) if cfg.prompts_file else [cfg.prompt]
-    vocabulary = checkpoint_text_vocabulary(cfg.checkpoint)  # cheap: no weights are read
+    vocabulary = load_text_vocabulary(cfg.checkpoint)  # cheap: no weights are read
     prompts = [encode_prompt(text, cfg.start, vocabulary) for text in texts]
     stops = [token_id(str(s), vocabulary=vocabulary) for s in cfg.stop]
     if cfg.batch_size < 1:
         raise ConfigError(f"batch_size={cfg.batch_size} is invalid: must be >= 1")
     device = resolve_device(cfg.device)
-    model, _, _ = load_with_vocabulary(cfg.checkpoint, device, resolve_dtype(cfg.dtype, device))
+    model, _, _ = load_with_vocabulary(
+        cfg.checkpoint, device, DTYPES[resolve_precision(cfg.dtype, device, "dtype")]
+    )
     results = []
     for first in range(0, len(prompts), cfg.batch_size):
         batch = slice(first, first + cfg.batch_size)
@@ -191,10 +182,7 @@ def speed_report(result: Generation) -> str:
 
 @hydra.main(version_base=None, config_path="../conf", config_name="generate")
 def main(cfg: DictConfig) -> None:
-    try:
-        run(cfg)
-    except (ConfigError, CheckpointError, ValueError) as error:
-        raise SystemExit(f"{type(error).__name__}: {error}") from error
+    exit_on_input_error(run, cfg)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ import pytest
 import torch
 from conftest import tinystories_sample_path
 
-from gpt_oss.generate import checkpoint_text_vocabulary, encode_prompt, token_id
+from gpt_oss.generate import encode_prompt, token_id
 from gpt_oss.model.config import ConfigError
 from gpt_oss.model.hf import VOCABULARY_FILE, CheckpointError, export_hf
 from gpt_oss.model.tokenizer import ENDOFTEXT, ENDOFTEXT_ID, VOCAB_SIZE, get_tokenizer
@@ -23,7 +23,12 @@ from gpt_oss.model.vocabulary import (
     count_tokens,
     vocabulary_from_dict,
 )
-from gpt_oss.training.checkpoint import load_vocabulary, load_with_vocabulary, save_checkpoint
+from gpt_oss.training.checkpoint import (
+    load_text_vocabulary,
+    load_vocabulary,
+    load_with_vocabulary,
+    save_checkpoint,
+)
 
 SAMPLE = tinystories_sample_path()
 needs_sample = pytest.mark.skipif(
@@ -226,8 +231,8 @@ def test_a_checkpoint_stores_the_map_and_loads_it_back(compact_model, vocabulary
 def test_a_checkpoint_without_a_map_is_full_or_raw_ids(make_model, tmp_path):
     raw = save_checkpoint(tmp_path / "raw.pt", make_model())  # conftest's 1000-id test model
     assert load_vocabulary(raw) is None
-    with pytest.raises(ConfigError, match="stores no vocabulary"):
-        checkpoint_text_vocabulary(str(raw))
+    with pytest.raises(CheckpointError, match="stores no vocabulary"):
+        load_text_vocabulary(raw)
 
 
 def test_a_damaged_or_misfitting_map_in_a_checkpoint_is_refused(

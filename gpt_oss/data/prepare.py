@@ -96,10 +96,6 @@ class PreparedData:
     # (then train and val are the compact splits, the map in their metadata)
     vocabulary: Vocabulary = dataclasses.field(default_factory=FullVocabulary)
 
-    @property
-    def source_description(self) -> str:
-        return self.description
-
     def summary(self) -> dict[str, Any]:
         """Plain values for the run's config and W&B: source, fallback, sizes, files."""
         return {

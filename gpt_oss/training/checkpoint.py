@@ -113,6 +113,18 @@ def load_vocabulary(path: str | Path) -> Vocabulary | None:
     return checkpoint_vocabulary(read_checkpoint(file, map_location="meta"), file)
 
 
+def load_text_vocabulary(path: str | Path) -> Vocabulary:
+    """load_vocabulary(path), read without the weights; CheckpointError for a model of raw ids,
+    which has no way to read text."""
+    vocabulary = load_vocabulary(path)
+    if vocabulary is None:
+        raise CheckpointError(
+            f"{path} stores no vocabulary and is not a 201088-id o200k_harmony model: its ids "
+            "cannot be read as text"
+        )
+    return vocabulary
+
+
 def load_with_run_config(
     path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None, **overrides
 ) -> tuple[GptOss, dict[str, Any]]:

@@ -20,6 +20,7 @@ from gpt_oss.data.loaders import TrainLoader, ValLoader
 from gpt_oss.model.config import IMPLEMENTATION_FIELDS, ConfigError, resolve_device
 from gpt_oss.model.hf import CheckpointError
 from gpt_oss.model.model import GptOss
+from gpt_oss.model.precision import PRECISIONS, autocast_dtype, resolve_precision
 from gpt_oss.model.vocabulary import Vocabulary
 from gpt_oss.studies.plots import plot_losses
 from gpt_oss.training.checkpoint import checkpoint_vocabulary, read_checkpoint, save_checkpoint
@@ -45,7 +46,6 @@ from gpt_oss.training.tracking import MetricsFile, NullLogger, read_metrics
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 NAN_POLICIES = ("error", "skip")
 
 
@@ -137,13 +137,6 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite."""
 
 
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """None = plain float32; otherwise the autocast dtype."""
-    if precision == "auto":
-        precision = "bf16" if device.type == "cuda" else "fp32"
-    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[precision]
-
-
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -200,7 +193,8 @@ class Trainer:
         self.config, self.data = config, data
         self.run_dir = Path(run_dir)
         self.device = rank_device(resolve_device(config.device, "trainer.device"), self.world)
-        self.dtype = autocast_dtype(config.precision, self.device)
+        precision = resolve_precision(config.precision, self.device, "trainer.precision")
+        self.dtype = autocast_dtype(precision)  # None: float32, no autocast
         self.model = place_model(model, self.device, config.parallel)
         if config.activation_checkpointing:
             checkpoint_blocks(self.model)
@@ -340,15 +334,15 @@ class Trainer:
     def evaluate(self) -> dict[str, float]:
         """Validation loss, perplexity and bits per byte over the fixed validation windows."""
         self.model.eval()
-        loss_sum, tokens = 0.0, 0
+        loss_sum = 0.0
         for inputs, targets, weight in self.val_loader.rank_batches(
             self.world.rank, self.world.size
         ):  # this rank's share
             with self._autocast():
                 out = self.model.loss(inputs, targets)
             loss_sum += out.ce.item() * targets.numel() * weight
-            tokens += targets.numel() * weight
-        loss_sum, tokens = sum_floats((loss_sum, tokens), self.device)
+        (loss_sum,) = sum_floats((loss_sum,), self.device)
+        tokens = self.val_loader.num_target_tokens  # all ranks' shares together
         loss = loss_sum / tokens
         num_bytes = (
             tokens * self.data.val.num_bytes / len(self.data.val)
