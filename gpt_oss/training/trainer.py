@@ -21,8 +21,9 @@ from gpt_oss.model.config import IMPLEMENTATION_FIELDS, ConfigError, resolve_dev
 from gpt_oss.model.hf import CheckpointError
 from gpt_oss.model.model import GptOss
 from gpt_oss.model.precision import PRECISIONS, autocast_dtype, resolve_precision
+from gpt_oss.model.vocabulary import Vocabulary
 from gpt_oss.studies.plots import plot_losses
-from gpt_oss.training.checkpoint import read_checkpoint, save_checkpoint
+from gpt_oss.training.checkpoint import checkpoint_vocabulary, read_checkpoint, save_checkpoint
 from gpt_oss.training.debugging import RepeatedBatches, StepProfiler
 from gpt_oss.training.distributed import (
     PARALLEL_MODES,
@@ -178,6 +179,7 @@ class Trainer:
         run_dir: str | Path,
         logger: Any = None,
         run_config: dict | None = None,
+        vocabulary: Vocabulary | None = None,
     ):
         self.world = current_world()  # rank and size of the process group (one process without)
         config.validate(self.world.size)
@@ -219,6 +221,8 @@ class Trainer:
         )
         self.logger = (logger or NullLogger()) if self.world.is_main else NullLogger()
         self.run_config = run_config or {}
+        # the map from o200k ids to the model's ids, stored in every checkpoint
+        self.vocabulary = vocabulary if vocabulary is not None else getattr(data, "vocabulary", None)
         self.metrics = MetricsFile(self.run_dir / "metrics.jsonl")
         self.step, self.best_val, self.skipped, self.tokens_seen = 0, math.inf, 0, 0
         self.counts_since_eval: torch.Tensor | None = None  # (layers, experts), for the loggers
@@ -413,6 +417,7 @@ class Trainer:
             data=self.train_loader.state_dict(),
             wandb_run_id=self.logger.run_id,
             run_config=self.run_config,
+            vocabulary=self.vocabulary.to_dict() if self.vocabulary is not None else None,
         )
         folder = self.run_dir / "checkpoints"
         if self.config.parallel != "none":
@@ -483,6 +488,11 @@ class Trainer:
         if diff:
             raise CheckpointError(
                 f"{path} was trained with another model config: (now, checkpoint) = {diff}"
+            )
+        if (saved := checkpoint_vocabulary(payload, path)) != self.vocabulary:
+            raise CheckpointError(
+                f"{path} was trained with another vocabulary ({saved!r}) than this run's data "
+                f"gives ({self.vocabulary!r}): its ids mean other tokens"
             )
         return payload
 
