@@ -27,20 +27,19 @@ import yaml
 
 from gpt_oss.model.hf import CheckpointError, export_hf
 from gpt_oss.model.precision import DTYPES
-from gpt_oss.model.tokenizer import ENDOFTEXT_ID, VOCAB_SIZE
 from gpt_oss.paths import conf_dir
 from gpt_oss.training.weights import load_weights
 
 log = logging.getLogger(__name__)
 
 
-def generation_config(vocab_size: int) -> dict[str, Any]:
-    """generation_config.json: stop and pad at <|endoftext|>, and sample as
-    `python -m gpt_oss.generate` does by default (conf/generate.yaml)."""
+def generation_config(endoftext_id: int | None) -> dict[str, Any]:
+    """generation_config.json: stop and pad at <|endoftext|> (the model's id for it), and sample
+    as `python -m gpt_oss.generate` does by default (conf/generate.yaml)."""
     defaults = yaml.safe_load((conf_dir() / "generate.yaml").read_text())
     values = {k: defaults[k] for k in ("temperature", "top_k", "top_p", "max_new_tokens")}
-    if vocab_size > ENDOFTEXT_ID:
-        values |= dict.fromkeys(("bos_token_id", "eos_token_id", "pad_token_id"), ENDOFTEXT_ID)
+    if endoftext_id is not None:
+        values |= dict.fromkeys(("bos_token_id", "eos_token_id", "pad_token_id"), endoftext_id)
     return {"do_sample": values["temperature"] > 0, **values}
 
 
@@ -60,23 +59,25 @@ def export_run(
 
     out = Path(out)
     found = load_weights(source)
-    config = found.model.config
+    config, vocabulary = found.model.config, found.vocabulary
     tokenizer = None  # built before anything is written: it fails without transformers
-    if config.vocab_size >= VOCAB_SIZE:
-        tokenizer = build_tokenizer(config.vocab_size, config.max_position_embeddings)
+    if vocabulary is not None:
+        tokenizer = build_tokenizer(config.max_position_embeddings, vocabulary)
     else:
         log.warning(
-            "vocab_size=%d is not o200k_harmony's: exporting no tokenizer", config.vocab_size
+            "vocab_size=%d and no vocabulary map: exporting no tokenizer", config.vocab_size
         )
-    export_hf(found.model, out, dtype, max_shard_size)
+    export_hf(found.model, out, dtype, max_shard_size, vocabulary=vocabulary)
     if tokenizer is not None:
         save_tokenizer(tokenizer, out)
+    endoftext = vocabulary.endoftext_id if vocabulary is not None else None
     (out / "generation_config.json").write_text(
-        json.dumps(generation_config(config.vocab_size), indent=2) + "\n"
+        json.dumps(generation_config(endoftext), indent=2) + "\n"
     )
     facts = training_facts(found.state, found.run_dir)
     command = command or shlex.join(["gpt-oss-export", str(source), str(out)])
-    model_card(config, facts, name or out.name, command).save(out / "README.md")
+    compact = vocabulary is not None and vocabulary.kind == "compact"
+    model_card(config, facts, name or out.name, command, compact).save(out / "README.md")
     return out
 
 

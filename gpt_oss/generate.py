@@ -31,9 +31,11 @@ from gpt_oss.model.sampling import (
     TokenCallback,
     generate,
 )
-from gpt_oss.model.tokenizer import get_tokenizer
+from gpt_oss.model.vocabulary import FullVocabulary, Vocabulary, VocabularyError
 from gpt_oss.paths import CONF_DIR
-from gpt_oss.training.checkpoint import load_with_run_config
+from gpt_oss.schema import check, checked_command_line
+from gpt_oss.training.checkpoint import load_text_vocabulary, load_with_vocabulary
+from gpt_oss.validation import ranged
 
 
 @dataclass
@@ -43,14 +45,14 @@ class GenerateConfig:
     checkpoint: str = MISSING  # run dir, .pt file, or Hugging Face directory
     prompt: str = "Once upon a time"
     prompts_file: str | None = None  # .txt: one prompt per line; .jsonl: {"prompt" or "text": ...}
-    max_new_tokens: int = 200
-    temperature: float = 0.8  # 0 = greedy
-    top_k: int = 0  # 0 = off
-    top_p: float = 0.95  # 1 = off
-    seed: int | None = 1337  # null = not reproducible
+    max_new_tokens: int = ranged(200, "[1, inf)")
+    temperature: float = ranged(0.8, "[0, inf)")  # 0 = greedy
+    top_k: int = ranged(0, "[0, inf)")  # 0 = off
+    top_p: float = ranged(0.95, "(0, 1]")  # 1 = off
+    seed: int | None = ranged(1337, "[0, 18446744073709551615]")  # torch's range; null = unseeded
     stop: list[str] = field(default_factory=lambda: ["<|endoftext|>"])  # token texts or ids
     start: str | None = "<|endoftext|>"  # prepended to every prompt; null = none
-    batch_size: int = 8  # prompts generated together
+    batch_size: int = ranged(8, "[1, inf)")  # prompts generated together
     stream: bool = True  # print a single prompt's tokens as they come
     device: str = "auto"  # auto = cuda when present, else cpu
     dtype: str = "auto"  # auto = bf16 on cuda, fp32 on cpu; or bf16, fp16, fp32
@@ -79,43 +81,52 @@ def read_prompts(path: str | Path) -> list[str]:
     return prompts
 
 
-def token_id(text: str, what: str = "stop token") -> int:
-    """A token (stop or start) given as its text (special tokens included) or as its id."""
+def token_id(text: str, what: str = "stop token", vocabulary: Vocabulary | None = None) -> int:
+    """A token (stop or start) given as its text (special tokens included) or as its id in the
+    model's vocabulary (default: the full o200k_harmony one)."""
+    vocabulary = vocabulary or FullVocabulary()
     if text.isdigit():
         return int(text)
     try:
-        return get_tokenizer().encode_single_token(text)
-    except KeyError as error:
-        raise ConfigError(
-            f"{what} {text!r} is not a single token of o200k_harmony; give its id"
-        ) from error
+        return vocabulary.token_id(text)
+    except VocabularyError as error:
+        raise ConfigError(f"{what} {error}") from error
 
 
-def encode_prompt(text: str, start: str | None) -> list[int]:
-    """Token ids of start + text; special tokens written in the text are kept as such."""
-    ids = [token_id(start, "start token")] if start else []
-    return ids + get_tokenizer().encode(text, allowed_special="all")
+def encode_prompt(text: str, start: str | None, vocabulary: Vocabulary | None = None) -> list[int]:
+    """Model ids of start + text (default vocabulary: the full o200k_harmony one); special
+    tokens written in the text are kept as such."""
+    vocabulary = vocabulary or FullVocabulary()
+    ids = [token_id(start, "start token", vocabulary)] if start else []
+    try:
+        return ids + vocabulary.encode(text, allowed_special="all")
+    except VocabularyError as error:
+        raise ConfigError(f"prompt {text[:40]!r}: {error}") from error
 
 
 # ------------------------------------------------------------------ running and printing
 def run(cfg: DictConfig, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> list[Generation]:
-    """Load, generate every prompt in batches, print prompt + continuation and the speed."""
+    """Check every setting, load, generate every prompt in batches, print prompt +
+    continuation and the speed."""
+    check(cfg, GenerateConfig)
     sampling = SamplingConfig(cfg.temperature, cfg.top_k, cfg.top_p)
     sampling.validate()
     texts = read_prompts(cfg.prompts_file) if cfg.prompts_file else [cfg.prompt]
-    prompts = [encode_prompt(text, cfg.start) for text in texts]
-    stops = [token_id(str(s)) for s in cfg.stop]
-    if cfg.batch_size < 1:
-        raise ConfigError(f"batch_size={cfg.batch_size} is invalid: must be >= 1")
+    vocabulary = load_text_vocabulary(cfg.checkpoint)  # cheap: no weights are read
+    prompts = [encode_prompt(text, cfg.start, vocabulary) for text in texts]
+    stops = [token_id(str(s), vocabulary=vocabulary) for s in cfg.stop]
     device = resolve_device(cfg.device)
-    model, _ = load_with_run_config(cfg.checkpoint, device, DTYPES[resolve_precision(cfg.dtype, device, "dtype")])
+    model, _, _ = load_with_vocabulary(
+        cfg.checkpoint, device, DTYPES[resolve_precision(cfg.dtype, device, "dtype")]
+    )
     results = []
     for first in range(0, len(prompts), cfg.batch_size):
         batch = slice(first, first + cfg.batch_size)
         streaming = cfg.stream and len(prompts) == 1
         results.append(
             _generate_and_print(
-                model, cfg, sampling, stops, texts[batch], prompts[batch], first, streaming, out
+                model, vocabulary, cfg, sampling, stops, texts[batch], prompts[batch], first,
+                streaming, out,
             )
         )
         err.write(speed_report(results[-1]) + "\n")
@@ -124,6 +135,7 @@ def run(cfg: DictConfig, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> 
 
 def _generate_and_print(
     model: GptOss,
+    vocabulary: Vocabulary,
     cfg: DictConfig,
     sampling: SamplingConfig,
     stops: list[int],
@@ -134,9 +146,9 @@ def _generate_and_print(
     out: TextIO,
 ) -> Generation:
     """One batch: a single streamed prompt token by token, otherwise each prompt at the end."""
-    tokenizer, on_token = get_tokenizer(), None
+    on_token = None
     if streaming:
-        decoder = StreamDecoder(tokenizer)
+        decoder = StreamDecoder(vocabulary)
         out.write(texts[0])
         out.flush()
         on_token = _printer(out, decoder)
@@ -147,7 +159,7 @@ def _generate_and_print(
         out.write(decoder.flush() + "\n")
     else:
         for index, (text, tokens) in enumerate(zip(texts, result.tokens, strict=True), first_index):
-            out.write(f"--- prompt {index} ---\n{text}{tokenizer.decode(tokens)}\n")
+            out.write(f"--- prompt {index} ---\n{text}{vocabulary.decode(tokens)}\n")
     out.flush()
     return result
 
@@ -171,6 +183,7 @@ def speed_report(result: Generation) -> str:
     )
 
 
+@checked_command_line(GenerateConfig)
 @hydra.main(version_base=None, config_path=CONF_DIR, config_name="generate")
 def main(cfg: DictConfig) -> None:
     exit_on_input_error(run, cfg)

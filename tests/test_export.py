@@ -23,8 +23,14 @@ from gpt_oss.model.config import ConfigError
 from gpt_oss.model.hf import import_hf
 from gpt_oss.model.hf_tokenizer import FIRST_SPECIAL_ID
 from gpt_oss.model.tokenizer import ENDOFTEXT_ID, VOCAB_SIZE, get_tokenizer
+from gpt_oss.model.vocabulary import FullVocabulary
 from gpt_oss.train import run
-from gpt_oss.training.checkpoint import load_model, read_checkpoint, save_checkpoint
+from gpt_oss.training.checkpoint import (
+    load_model,
+    load_vocabulary,
+    read_checkpoint,
+    save_checkpoint,
+)
 from gpt_oss.training.weights import initialize_from, load_init_weights
 
 transformers = pytest.importorskip("transformers")
@@ -47,10 +53,12 @@ def stories(count: int) -> list[str]:
 
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory) -> Path:
-    """A tiny model trained for a few steps on 200 real TinyStories stories."""
+    """A tiny model with o200k's full vocabulary trained for a few steps on 200 real
+    TinyStories stories."""
     work = tmp_path_factory.mktemp("trained")
     (work / "stories.jsonl").write_text("".join(SAMPLE.read_text().splitlines(True)[:200]))
     overrides = tiny_overrides(work, "data=text", f"data.train_files=[{work / 'stories.jsonl'}]",
+                               "data.vocabulary=full",
                                "data.val_fraction=0.1", "trainer.max_steps=4", "trainer.eval_every=2",
                                "trainer.checkpoint_every=2")  # fmt: skip
     args = [sys.executable, "-m", "gpt_oss.train", *overrides, f"hydra.run.dir={work / 'run'}"]
@@ -246,7 +254,8 @@ def test_a_sharded_run_exports_its_consolidated_weights(tmp_path):
     from gpt_oss.training.distributed import consolidate
 
     expected, _ = consolidate(tmp_path / "fsdp" / "checkpoints" / "best")
-    ids = torch.randint(0, VOCAB_SIZE, (1, 12))
+    ids = torch.randint(0, expected.config.vocab_size, (1, 12))  # a compact vocabulary
+    assert (tmp_path / "hf" / "compact_vocabulary.json").is_file()
     torch.testing.assert_close(import_hf(tmp_path / "hf")(ids), expected(ids))
 
 
@@ -259,7 +268,7 @@ def test_init_from_loads_the_weights_of_a_run_a_checkpoint_or_an_export(
             "export": exported}[source]  # fmt: skip
     target = load_model(trained_run)
     config = target.config
-    weights = load_init_weights(config, str(path))
+    weights = load_init_weights(config, str(path), FullVocabulary())
     fresh = type(target)(config)
     record = initialize_from(fresh, weights)
     for name, tensor in target.state_dict().items():
@@ -285,6 +294,7 @@ def test_init_from_starts_a_new_run_from_those_weights(trained_run, exported, tm
     # Another seed than the trained run's, so a run that ignored init_from would start elsewhere;
     # AdamW moves each weight by about lr a step, so these runs stay next to where they start.
     settings = [
+        "data.vocabulary=full",  # the trained run's
         "trainer.seed=7",
         "trainer.max_steps=2",
         "optimizer.lr=1e-6",
@@ -307,3 +317,85 @@ def test_init_from_starts_a_new_run_from_those_weights(trained_run, exported, tm
     run(compose_run(*tiny_overrides(tmp_path, *settings)), tmp_path / "fresh")  # the control
     fresh = read_checkpoint(tmp_path / "fresh" / "checkpoints" / "last.pt")["model"]
     assert max((fresh[k] - start[k]).abs().max().item() for k in start) > 0.05
+
+
+# ------------------------------------------------------------------ a compact vocabulary
+@pytest.fixture(scope="module")
+def compact_run(tmp_path_factory) -> Path:
+    """A tiny model on the compact 8,192-id vocabulary of 200 real stories (the default)."""
+    work = tmp_path_factory.mktemp("compact")
+    (work / "stories.jsonl").write_text("".join(SAMPLE.read_text().splitlines(True)[:200]))
+    overrides = tiny_overrides(work, "data=text", f"data.train_files=[{work / 'stories.jsonl'}]",
+                               "data.val_fraction=0.1", "trainer.max_steps=2", "trainer.eval_every=2",
+                               "trainer.checkpoint_every=2")  # fmt: skip
+    run(compose_run(*overrides), work / "run")
+    return work / "run"
+
+
+@pytest.fixture(scope="module")
+def compact_export(compact_run, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("compact-export") / "tiny-compact"
+    assert export_main([str(compact_run), str(out)]) == 0
+    return out
+
+
+def test_a_compact_export_holds_its_map_and_its_own_special_ids(compact_export, compact_run):
+    vocabulary = load_vocabulary(compact_run)
+    assert vocabulary.kind == "compact" and vocabulary.size == 8192
+    assert load_vocabulary(compact_export) == vocabulary  # compact_vocabulary.json
+    config = json.loads((compact_export / "config.json").read_text())
+    generation = json.loads((compact_export / "generation_config.json").read_text())
+    assert config["vocab_size"] == 8192
+    assert config["eos_token_id"] == generation["eos_token_id"] == vocabulary.endoftext_id
+    assert "a compact subset of o200k_harmony" in (compact_export / "README.md").read_text()
+
+
+def test_compact_tokenizer_gives_our_ids_for_kept_tokens_and_out_of_range_ids_otherwise(
+    compact_export, compact_run, offline
+):
+    tokenizer = transformers.AutoTokenizer.from_pretrained(compact_export)
+    vocabulary, ours = load_vocabulary(compact_run), get_tokenizer()
+    kept = spelled = 0
+    for text in stories(300) + TRICKY[:2]:
+        o200k = ours.encode(text, allowed_special="all")
+        theirs = tokenizer(text, add_special_tokens=False)["input_ids"]
+        if vocabulary.contains(o200k).all():
+            kept += 1
+            assert theirs == vocabulary.encode(text, allowed_special="all"), text
+            assert tokenizer(text)["input_ids"] == [vocabulary.endoftext_id, *theirs]
+            assert tokenizer.decode(theirs) == vocabulary.decode(theirs)
+        else:  # one id per o200k token; those the vocabulary spells fall outside the model
+            spelled += 1
+            outside = [
+                i for i, t in zip(theirs, o200k, strict=True) if not vocabulary.contains([t])[0]
+            ]
+            assert len(theirs) == len(o200k) and outside and min(outside) >= vocabulary.size
+    assert kept >= 100 and spelled >= 2  # both kinds of text were seen
+
+
+def test_compact_export_loads_with_our_logits_and_the_pipeline_generates_our_text(
+    compact_export, compact_run, tmp_path, offline
+):
+    vocabulary = load_vocabulary(compact_run)
+    for prompt in PROMPTS:  # the pipeline's prompts must be made of kept tokens
+        assert vocabulary.contains(get_tokenizer().encode(prompt)).all(), prompt
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(
+        compact_export, dtype=torch.float32, attn_implementation="eager").eval()  # fmt: skip
+    ours = load_model(compact_run, attn_impl="eager", moe_impl="loop")
+    ids = torch.tensor([[vocabulary.endoftext_id, *vocabulary.encode(stories(1)[0])[:60]]])
+    with torch.no_grad():
+        expected, actual = ours(ids), theirs(ids).logits
+    assert ((actual - expected).norm() / expected.norm()).item() < 1e-5
+    assert pipeline_texts(compact_export, 24) == our_generate_cli(compact_run, tmp_path, 24)
+
+
+def test_init_from_refuses_weights_of_another_vocabulary_naming_both(compact_run, tmp_path):
+    """The same 8,192 ids built from other data mean other tokens: refused once the data is
+    prepared, before a step is taken."""
+    overrides = tiny_overrides(tmp_path, f"trainer.init_from={compact_run}", "data.vocab_size=8192")
+    with pytest.raises(
+        ConfigError,
+        match=r"vocabulary CompactVocabulary\(size=8192.*this run's data gives CompactVocabulary\(size=8192",
+    ):
+        run(compose_run(*overrides), tmp_path / "run")
+    assert not (tmp_path / "run" / "checkpoints").exists()

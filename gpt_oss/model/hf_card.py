@@ -59,8 +59,11 @@ def training_facts(state: dict[str, Any], run_dir: Path | None) -> TrainingFacts
     return facts
 
 
-def model_card(config: ModelConfig, facts: TrainingFacts, name: str, export_command: str) -> Any:
-    """A huggingface_hub.ModelCard for the exported directory `name`."""
+def model_card(
+    config: ModelConfig, facts: TrainingFacts, name: str, export_command: str, compact: bool = False
+) -> Any:
+    """A huggingface_hub.ModelCard for the exported directory `name`; `compact`: the model's
+    vocabulary is a compact subset of o200k_harmony (compact_vocabulary.json)."""
     from huggingface_hub import ModelCard, ModelCardData
 
     hub_data = facts.data.get("source") == "hub" and not facts.data.get("fallback")
@@ -74,15 +77,15 @@ def model_card(config: ModelConfig, facts: TrainingFacts, name: str, export_comm
     sections = [
         f"# {name}\n\nA GPT-OSS-architecture mixture-of-experts language model trained from "
         "scratch with gpt-oss-lab (PyTorch), exported for `transformers` (`GptOssForCausalLM`).",
-        _architecture(config),
+        _architecture(config, compact),
         _training(facts),
-        _usage(name),
+        _usage(name) + (_COMPACT_NOTE if compact else ""),
         f"## Export\n\n```bash\n{export_command}\n```",
     ]
     return ModelCard(f"---\n{card_data.to_yaml()}\n---\n\n" + "\n\n".join(sections) + "\n")
 
 
-def _architecture(config: ModelConfig) -> str:
+def _architecture(config: ModelConfig, compact: bool) -> str:
     counts = parameter_counts(config)
     full = sum(kind == "full_attention" for kind in config.layer_types)
     rows = [
@@ -95,7 +98,8 @@ def _architecture(config: ModelConfig) -> str:
          f"{config.num_attention_heads} / {config.num_key_value_heads} / {config.head_dim}"),
         ("experts / per token / width", f"{config.num_experts} / {config.experts_per_token} / "
                                         f"{config.intermediate_size}"),
-        ("vocabulary", f"{config.vocab_size:,} (o200k_harmony)"),
+        ("vocabulary", f"{config.vocab_size:,} ("
+                       + ("a compact subset of o200k_harmony" if compact else "o200k_harmony") + ")"),
         ("positions", f"{config.max_position_embeddings:,}, RoPE theta {config.rope_theta:g}, "
                       f"YaRN factor {config.rope_scaling_factor:g}"),
     ]  # fmt: skip
@@ -152,4 +156,19 @@ Evaluate with [lm-evaluation-harness](https://github.com/EleutherAI/lm-evaluatio
 ```bash
 lm_eval --model hf --model_args pretrained={name},dtype=float32,add_bos_token=True \\
     --tasks lambada_openai,hellaswag --batch_size 8
+```"""
+
+
+_COMPACT_NOTE = """
+
+**Compact vocabulary.** The model's ids are a subset of o200k_harmony's
+(`compact_vocabulary.json`: the kept o200k ids in order); any other token is written as the ids
+of its bytes. The tokenizer here gives exactly those ids for text made of kept tokens; a token
+the vocabulary spells by bytes gets an id at or above `vocab_size`, which the model refuses (an
+index error) rather than misreading. For any text, encode with gpt-oss-lab:
+
+```python
+import gpt_oss
+vocabulary = gpt_oss.load_vocabulary("<this directory>")
+input_ids = [vocabulary.endoftext_id, *vocabulary.encode(text)]
 ```"""

@@ -10,6 +10,15 @@ plain text by the exported tokenizer (tiktoken with allowed_special="all" reads 
 The post-processor prepends `<|endoftext|>` (the BOS), as `python -m gpt_oss.generate` does
 (`start`): our models see it before every document, so a pipeline prompt is encoded exactly
 like ours. `add_special_tokens=False` gives the bare o200k ids.
+
+A compact vocabulary (gpt_oss.model.vocabulary) keeps a subset of o200k's ids and spells every
+other token by its bytes. No `tokenizer.json` can spell a token: a BPE emits one id per piece,
+and the kept tokens are reached through merges of tokens that are not kept, so the merges cannot
+simply be cut. The compact export's tokenizer therefore runs o200k's BPE unchanged and renumbers
+its output: kept tokens get their compact ids, so for text made of kept tokens the ids equal
+`vocabulary.encode` exactly; a token the vocabulary spells gets an id at or above the model's
+vocab_size (vocab_size + its rank among the others), which the model refuses loudly (an index
+error), never a silent other token. Encode such text with `vocabulary.encode`.
 """
 
 from __future__ import annotations
@@ -20,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from gpt_oss.model.tokenizer import ENDOFTEXT, ENDOFTEXT_ID, O200K_URL, VOCAB_SIZE, get_tokenizer
+from gpt_oss.model.vocabulary import Vocabulary
 
 FIRST_SPECIAL_ID = 199998  # o200k_base's ranks end at 199997; the specials fill 199998..201087
 
@@ -36,18 +46,23 @@ def special_token_names() -> list[str]:
     ]
 
 
+def model_ids(vocabulary: Vocabulary | None) -> list[int]:
+    """(201088,) the exported tokenizer's id for each o200k id: itself for the full vocabulary;
+    for a compact one its compact id when kept, else vocab_size + its rank among the others."""
+    if vocabulary is None or vocabulary.kind == "full":
+        return list(range(VOCAB_SIZE))
+    kept = vocabulary.o200k_to_compact()
+    spelled = iter(range(vocabulary.size, VOCAB_SIZE))
+    return [kept[i] if i in kept else next(spelled) for i in range(VOCAB_SIZE)]
+
+
 @functools.cache  # ~10 s of merges to derive: once per process, however many exports
-def build_tokenizer(vocab_size: int, model_max_length: int) -> Any:
-    """A transformers PreTrainedTokenizerFast that encodes as get_tokenizer() does, with
-    `<|endoftext|>` as BOS, EOS and padding, for a model with vocab_size outputs (>= 201088).
-    Raises TokenizerExportError for a smaller vocabulary or without transformers."""
-    if vocab_size < VOCAB_SIZE:
-        raise TokenizerExportError(
-            f"model vocab_size={vocab_size} is smaller than o200k_harmony's {VOCAB_SIZE}: "
-            "no Hugging Face tokenizer fits it"
-        )
+def build_tokenizer(model_max_length: int, vocabulary: Vocabulary | None = None) -> Any:
+    """A transformers PreTrainedTokenizerFast that encodes as `vocabulary` (default: the full
+    o200k_harmony) does, with `<|endoftext|>` as BOS, EOS and padding (see the module docstring
+    for a compact vocabulary). Raises TokenizerExportError without transformers."""
     try:
-        from tokenizers import AddedToken, processors
+        from tokenizers import AddedToken, Tokenizer, processors
         from transformers import PreTrainedTokenizerFast
         from transformers.convert_slow_tokenizer import TikTokenConverter
     except ImportError as error:
@@ -63,12 +78,15 @@ def build_tokenizer(vocab_size: int, model_max_length: int) -> Any:
         )
     names = special_token_names()
     tokenizer.add_special_tokens([AddedToken(n, special=True, normalized=False) for n in names])
+    ids = model_ids(vocabulary)
+    tokenizer = Tokenizer.from_str(json.dumps(_renumbered(json.loads(tokenizer.to_str()), ids)))
+    endoftext = ids[ENDOFTEXT_ID]
     tokenizer.post_processor = processors.Sequence([
         processors.ByteLevel(trim_offsets=False),
         processors.TemplateProcessing(
             single=f"{ENDOFTEXT} $A",
             pair=f"{ENDOFTEXT} $A {ENDOFTEXT} $B:1",
-            special_tokens=[(ENDOFTEXT, ENDOFTEXT_ID)],
+            special_tokens=[(ENDOFTEXT, endoftext)],
         ),
     ])  # fmt: skip
     return PreTrainedTokenizerFast(
@@ -79,6 +97,17 @@ def build_tokenizer(vocab_size: int, model_max_length: int) -> Any:
         clean_up_tokenization_spaces=False,  # decode returns exactly the text tiktoken decodes
         model_max_length=model_max_length,
     )
+
+
+def _renumbered(tokenizer: dict[str, Any], ids: list[int]) -> dict[str, Any]:
+    """tokenizer.json data with every o200k id replaced by ids[o200k id] (merges are strings)."""
+    if ids == list(range(len(ids))):
+        return tokenizer
+    vocab = tokenizer["model"]["vocab"]
+    tokenizer["model"]["vocab"] = {token: ids[i] for token, i in vocab.items()}
+    for added in tokenizer["added_tokens"]:
+        added["id"] = ids[added["id"]]
+    return tokenizer
 
 
 def save_tokenizer(tokenizer: Any, directory: str | Path) -> list[Path]:

@@ -10,8 +10,10 @@ from typing import Any
 import torch
 
 from gpt_oss.model.config import ModelConfig
-from gpt_oss.model.hf import CheckpointError, build_with_state, import_hf
+from gpt_oss.model.hf import CheckpointError, build_with_state, hf_vocabulary, import_hf
 from gpt_oss.model.model import GptOss
+from gpt_oss.model.tokenizer import VOCAB_SIZE
+from gpt_oss.model.vocabulary import Vocabulary, VocabularyError, vocabulary_from_dict
 
 FORMAT = "gpt-oss-lab/1"
 
@@ -33,9 +35,32 @@ def atomic_save(payload: Any, path: str | Path) -> Path:
 
 
 def save_checkpoint(path: str | Path, model: GptOss, **state: Any) -> Path:
-    """Write model weights and config plus any training state (optimizer, step, ...)."""
+    """Write model weights and config plus any training state (optimizer, step, ...).
+
+    state["vocabulary"] (Vocabulary.to_dict(), plain data) is the map from o200k ids to the
+    model's ids, which load_with_vocabulary gives back to generate and evaluate.
+    """
     payload = {"format": FORMAT, "model_config": model.config.to_dict(), "model": model.state_dict(), **state}
     return atomic_save(payload, path)
+
+
+def checkpoint_vocabulary(payload: dict[str, Any], where: str | Path) -> Vocabulary | None:
+    """The vocabulary stored with a checkpoint: its map when it has one, else the full one for
+    a 201088-id model; None for a model of raw ids (no map, another size: e.g. a test model).
+    CheckpointError when the map is damaged or does not fit the model's vocab_size."""
+    vocab_size = payload["model_config"].get("vocab_size")
+    if payload.get("vocabulary") is None:
+        return vocabulary_from_dict(None) if vocab_size == VOCAB_SIZE else None
+    try:
+        vocabulary = vocabulary_from_dict(payload["vocabulary"])
+    except VocabularyError as error:
+        raise CheckpointError(f"{where}: its vocabulary is unusable: {error}") from error
+    if vocabulary.size != vocab_size:
+        raise CheckpointError(
+            f"{where}: its {vocabulary.kind} vocabulary has {vocabulary.size} ids but the model's "
+            f"vocab_size is {vocab_size}"
+        )
+    return vocabulary
 
 
 def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -77,10 +102,42 @@ def load_model(
     return load_with_run_config(path, device, dtype, **overrides)[0]
 
 
+def load_vocabulary(path: str | Path) -> Vocabulary | None:
+    """The vocabulary of what load_model(path) loads: how to turn text into its input ids and
+    its output ids into text (`vocabulary.encode`, `vocabulary.decode`); None for a model of
+    raw ids (no map stored and not o200k's 201088 ids)."""
+    path = Path(path)
+    if path.is_dir() and (path / "config.json").is_file():
+        return hf_vocabulary(path)
+    file = resolve_checkpoint(path)
+    return checkpoint_vocabulary(read_checkpoint(file, map_location="meta"), file)
+
+
+def load_text_vocabulary(path: str | Path) -> Vocabulary:
+    """load_vocabulary(path), read without the weights; CheckpointError for a model of raw ids,
+    which has no way to read text."""
+    vocabulary = load_vocabulary(path)
+    if vocabulary is None:
+        raise CheckpointError(
+            f"{path} stores no vocabulary and is not a 201088-id o200k_harmony model: its ids "
+            "cannot be read as text"
+        )
+    return vocabulary
+
+
 def load_with_run_config(
     path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None, **overrides
 ) -> tuple[GptOss, dict[str, Any]]:
-    """load_model's model in eval mode, and the run config stored with it ({} if none).
+    """load_model's model in eval mode, and the run config stored with it ({} if none)."""
+    model, _, run_config = load_with_vocabulary(path, device, dtype, **overrides)
+    return model, run_config
+
+
+def load_with_vocabulary(
+    path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None, **overrides
+) -> tuple[GptOss, Vocabulary | None, dict[str, Any]]:
+    """load_model's model in eval mode, its vocabulary (see load_vocabulary) and the run config
+    stored with it ({} if none), from one read of the checkpoint.
 
     A Hugging Face directory loads onto the device (MXFP4 experts dequantized there tensor by
     tensor, gpt_oss.model.hf). Our checkpoints are read on the CPU, so their optimizer state never
@@ -89,11 +146,14 @@ def load_with_run_config(
     path = Path(path)
     if path.is_dir() and (path / "config.json").is_file():
         model = import_hf(path, dtype=dtype or torch.float32, device=device, **overrides)
-        return model.eval(), {}
-    payload = read_checkpoint(resolve_checkpoint(path), map_location="cpu")
+        return model.eval(), hf_vocabulary(path), {}
+    file = resolve_checkpoint(path)
+    payload = read_checkpoint(file, map_location="cpu")
+    vocabulary = checkpoint_vocabulary(payload, file)
     config = ModelConfig.from_dict(payload["model_config"] | overrides)
     state = {
         k: v.to(device, dtype if dtype is not None and v.is_floating_point() else v.dtype)
         for k, v in payload["model"].items()
     }
-    return build_with_state(config, state, device).eval(), payload.get("run_config") or {}
+    model = build_with_state(config, state, device).eval()
+    return model, vocabulary, payload.get("run_config") or {}

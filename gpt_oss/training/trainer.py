@@ -21,8 +21,10 @@ from gpt_oss.model.config import IMPLEMENTATION_FIELDS, ConfigError, resolve_dev
 from gpt_oss.model.hf import CheckpointError
 from gpt_oss.model.model import GptOss
 from gpt_oss.model.precision import PRECISIONS, autocast_dtype, resolve_precision
+from gpt_oss.model.vocabulary import Vocabulary
 from gpt_oss.studies.plots import plot_losses
-from gpt_oss.training.checkpoint import read_checkpoint, save_checkpoint
+from gpt_oss.training.checkpoint import checkpoint_vocabulary, read_checkpoint, save_checkpoint
+from gpt_oss.training.debugging import RepeatedBatches, StepProfiler
 from gpt_oss.training.distributed import (
     PARALLEL_MODES,
     checkpoint_blocks,
@@ -43,6 +45,7 @@ from gpt_oss.training.metrics import bits_per_byte, flops_per_token, peak_flops
 from gpt_oss.training.retention import CHECKPOINT_BEST, keep_snapshot, link_checkpoint
 from gpt_oss.training.runtime import keep_freed_memory
 from gpt_oss.training.tracking import MetricsFile, NullLogger, read_metrics
+from gpt_oss.validation import check_fields, ranged
 
 log = logging.getLogger(__name__)
 
@@ -53,20 +56,20 @@ NAN_POLICIES = ("error", "skip")
 class TrainerConfig:
     """How to train. batch_size is the global batch in sequences (all accumulation and ranks)."""
 
-    max_steps: int = 2000
-    batch_size: int = 16
-    grad_accum: int = 1
-    seq_len: int = 512
-    eval_every: int = 200
-    eval_batches: int = 20  # validation windows per evaluation, in micro-batches
-    checkpoint_every: int = 500
+    max_steps: int = ranged(2000, "[1, inf)")
+    batch_size: int = ranged(16, "[1, inf)")
+    grad_accum: int = ranged(1, "[1, inf)")
+    seq_len: int = ranged(512, "[1, inf)")
+    eval_every: int = ranged(200, "[1, inf)")
+    eval_batches: int = ranged(20, "[1, inf)")  # validation windows per evaluation, in micro-batches
+    checkpoint_every: int = ranged(500, "[1, inf)")
     # Disk: snapshots every checkpoint_every steps kept (last.pt is the newest; older ones are
     # checkpoints/step_N.pt hard links; 0 = none, no resume); best.pt as "weights" (model only:
     # generate, evaluate, export, init_from), "full" (resumable; a hard link when saved at the
     # step last.pt was) or "none". ddp/fsdp: best/ is always a full sharded checkpoint.
-    checkpoint_keep: int = 1
+    checkpoint_keep: int = ranged(1, "[0, inf)")
     checkpoint_best: str = "weights"
-    log_every: int = 10
+    log_every: int = ranged(10, "[1, inf)")
     resume: str | None = (
         None  # a run dir, a checkpoint file, or "auto" (this run dir if it has one)
     )
@@ -76,32 +79,23 @@ class TrainerConfig:
     device: str = "auto"  # auto = cuda when present, else cpu
     precision: str = "auto"  # auto = bf16 autocast on GPU, float32 on CPU
     compile: bool = False  # torch.compile each block and the chunked loss's softmax
-    seed: int = 1337
-    grad_clip: float = 1.0  # 0 disables clipping
+    seed: int = ranged(1337, "[0, 4294967295]")  # numpy takes seeds below 2**32
+    grad_clip: float = ranged(1.0, "[0, inf)")  # 0 disables clipping
     nan_policy: str = "error"  # error: stop, keep the last good checkpoint; skip: drop the step
-    max_skipped_steps: int = 10
+    max_skipped_steps: int = ranged(10, "[0, inf)")
     parallel: str = "none"  # none | ddp | fsdp (launch with torchrun or SLURM, one process per GPU)
     activation_checkpointing: bool = False  # recompute each block in backward: memory for time
     meta_init: bool = False  # fsdp: build on the meta device, initialise only this rank's shards
     progress: bool = True
+    # conf/debug/: train on the first N batches only, over and over (0 = off); profile the
+    # first N steps with torch.profiler into <run dir>/profile/ (0 = off)
+    overfit_batches: int = ranged(0, "[0, inf)")
+    profile_steps: int = ranged(0, "[0, inf)")
 
     def validate(self, world_size: int = 1) -> None:
-        """Raise ConfigError naming the first impossible field."""
-        for name in (
-            "max_steps",
-            "batch_size",
-            "grad_accum",
-            "seq_len",
-            "eval_every",
-            "eval_batches",
-            "checkpoint_every",
-            "log_every",
-        ):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ConfigError(
-                    f"trainer.{name}={value!r} is invalid: must be a positive integer"
-                )
+        """Raise ConfigError naming the first impossible field: its declared range, then the
+        checks across fields."""
+        check_fields(self, "trainer")
         if self.batch_size % (self.grad_accum * world_size):
             raise ConfigError(
                 f"trainer.batch_size={self.batch_size} is invalid: must be a multiple of "
@@ -110,11 +104,6 @@ class TrainerConfig:
         if self.precision not in PRECISIONS:
             raise ConfigError(
                 f"trainer.precision={self.precision!r} is invalid: valid are {PRECISIONS}"
-            )
-        if not isinstance(self.checkpoint_keep, int) or self.checkpoint_keep < 0:
-            raise ConfigError(
-                f"trainer.checkpoint_keep={self.checkpoint_keep!r} is invalid: must be an "
-                "integer >= 0 (0 = no periodic checkpoint)"
             )
         if self.checkpoint_best not in CHECKPOINT_BEST:
             raise ConfigError(
@@ -204,6 +193,7 @@ class Trainer:
         run_dir: str | Path,
         logger: Any = None,
         run_config: dict | None = None,
+        vocabulary: Vocabulary | None = None,
     ):
         self.world = current_world()  # rank and size of the process group (one process without)
         config.validate(self.world.size)
@@ -234,6 +224,8 @@ class Trainer:
             rank=self.world.rank,
             world_size=self.world.size,
         )
+        if config.overfit_batches:
+            self.train_loader = RepeatedBatches(self.train_loader, config.overfit_batches)
         self.val_loader = ValLoader(
             data.val.tokens,
             micro,
@@ -243,6 +235,8 @@ class Trainer:
         )
         self.logger = (logger or NullLogger()) if self.world.is_main else NullLogger()
         self.run_config = run_config or {}
+        # the map from o200k ids to the model's ids, stored in every checkpoint
+        self.vocabulary = vocabulary if vocabulary is not None else getattr(data, "vocabulary", None)
         self.metrics = MetricsFile(self.run_dir / "metrics.jsonl")
         self.step, self.best_val, self.skipped, self.tokens_seen = 0, math.inf, 0, 0
         self.counts_since_eval: torch.Tensor | None = None  # (layers, experts), for the loggers
@@ -267,9 +261,12 @@ class Trainer:
             mininterval=1.0,
             dynamic_ncols=True,
         )
+        profile_steps = self.config.profile_steps if self.world.is_main else 0
+        profiler = StepProfiler(profile_steps, self.run_dir / "profile", self.device)
         while self.step < self.config.max_steps:
             stats = self.train_step()
             self._note_expert_counts(stats.expert_counts)
+            profiler.step()
             self.step += 1
             self.tokens_seen += self.config.batch_size * self.config.seq_len
             bar.update(1)
@@ -278,6 +275,7 @@ class Trainer:
             if self._maybe_evaluate_and_save():  # tokens/s counts training time only
                 last_log = (time.perf_counter(), self.step)
         bar.close()
+        profiler.close()
         summary = self._summary(time.perf_counter() - started)
         self.logger.summary(summary)
         self.logger.finish()
@@ -310,8 +308,10 @@ class Trainer:
         if mode == "none":
             return
         if mode == "weights" and not sharded:
+            vocabulary = self.vocabulary.to_dict() if self.vocabulary is not None else None
             path = save_checkpoint(folder / "best.pt", self.model, step=self.step, best_val=self.best_val,
-                                   tokens_seen=self.tokens_seen, run_config=self.run_config)  # fmt: skip
+                                   tokens_seen=self.tokens_seen, run_config=self.run_config,
+                                   vocabulary=vocabulary)  # fmt: skip
         elif same_step_as_last:
             if not self.world.is_main:  # the other ranks never read best/
                 return
@@ -458,6 +458,7 @@ class Trainer:
             data=self.train_loader.state_dict(),
             wandb_run_id=self.logger.run_id,
             run_config=self.run_config,
+            vocabulary=self.vocabulary.to_dict() if self.vocabulary is not None else None,
         )
         folder = self.run_dir / "checkpoints"
         if self.config.parallel != "none":
@@ -529,6 +530,11 @@ class Trainer:
             raise CheckpointError(
                 f"{path} was trained with another model config: (now, checkpoint) = {diff}"
             )
+        if (saved := checkpoint_vocabulary(payload, path)) != self.vocabulary:
+            raise CheckpointError(
+                f"{path} was trained with another vocabulary ({saved!r}) than this run's data "
+                f"gives ({self.vocabulary!r}): its ids mean other tokens"
+            )
         return payload
 
     def _carry_metrics(self, checkpoint: Path) -> None:
@@ -550,6 +556,7 @@ class Trainer:
             "tokens_seen": self.tokens_seen,
             "seconds": seconds,
             "best_val_loss": min((r["loss"] for r in val), default=math.nan),
+            "best_val_bpb": min((r["bpb"] for r in val), default=math.nan),
             "final_val_loss": val[-1]["loss"] if val else math.nan,
             "final_val_bpb": val[-1]["bpb"] if val else math.nan,
             "final_train_loss": train[-1]["loss"] if train else math.nan,

@@ -5,16 +5,25 @@ or sharded), a sharded checkpoint directory, or a Hugging Face directory; and
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from gpt_oss.model.config import ModelConfig
-from gpt_oss.model.hf import CheckpointError, build_with_state, import_hf
+from gpt_oss.model.config import ConfigError, ModelConfig
+from gpt_oss.model.hf import (
+    CheckpointError,
+    build_with_state,
+    config_from_hf,
+    hf_vocabulary,
+    import_hf,
+)
 from gpt_oss.model.model import GptOss
-from gpt_oss.training.checkpoint import read_checkpoint, resolve_checkpoint
+from gpt_oss.model.vocabulary import Vocabulary
+from gpt_oss.training.checkpoint import checkpoint_vocabulary, read_checkpoint, resolve_checkpoint
 
 
 @dataclass
@@ -25,6 +34,7 @@ class Weights:
     source: Path  # the checkpoint file or directory read
     state: dict[str, Any]  # step, tokens_seen, run_config, ... of our checkpoints; {} otherwise
     run_dir: Path | None  # the run directory it belongs to, when it is one of our runs
+    vocabulary: Vocabulary | None  # its map from o200k ids; None for a model of raw ids
 
 
 def load_weights(path: str | Path) -> Weights:
@@ -33,22 +43,49 @@ def load_weights(path: str | Path) -> Weights:
     Raises CheckpointError naming the path when it holds none of these."""
     from gpt_oss.training.distributed import consolidate
 
-    path = Path(path)
-    if not path.exists():
-        raise CheckpointError(
-            f"{path} does not exist: give a run directory, a checkpoint or a Hugging Face directory"
-        )
+    path = _existing(path)
     if sharded := _sharded(path):
         model, state = consolidate(sharded)
-        return Weights(model, sharded, state, _run_dir_of(sharded))
-    if (path / "config.json").is_file() and not (path / "checkpoints").is_dir():
-        return Weights(import_hf(path).eval(), path, {}, None)
+        vocabulary = checkpoint_vocabulary(state, sharded)
+        return Weights(model, sharded, state, _run_dir_of(sharded), vocabulary)
+    if _is_hf_dir(path):
+        return Weights(import_hf(path).eval(), path, {}, None, hf_vocabulary(path))
     checkpoint = resolve_checkpoint(path)
     payload = read_checkpoint(checkpoint)
     config = ModelConfig.from_dict(payload["model_config"])
     model = build_with_state(config, dict(payload["model"]), "cpu").eval()
     state = {k: v for k, v in payload.items() if k not in ("model", "optimizer")}
-    return Weights(model, checkpoint, state, _run_dir_of(checkpoint))
+    vocabulary = checkpoint_vocabulary(payload, checkpoint)
+    return Weights(model, checkpoint, state, _run_dir_of(checkpoint), vocabulary)
+
+
+def weights_config(path: str | Path) -> ModelConfig:
+    """The model config of load_weights(path) without its tensors (a Hugging Face config.json,
+    a sharded checkpoint's training state, or one of our files read onto the meta device)."""
+    from gpt_oss.training.distributed import read_trainer_state
+
+    path = _existing(path)
+    if sharded := _sharded(path):
+        return ModelConfig.from_dict(
+            read_trainer_state(sharded, map_location="meta")["model_config"]
+        )
+    if _is_hf_dir(path):
+        return config_from_hf(json.loads((path / "config.json").read_text()))
+    payload = read_checkpoint(resolve_checkpoint(path), map_location="meta")
+    return ModelConfig.from_dict(payload["model_config"])
+
+
+def _existing(path: str | Path) -> Path:
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(
+            f"{path} does not exist: give a run directory, a checkpoint or a Hugging Face directory"
+        )
+    return path
+
+
+def _is_hf_dir(path: Path) -> bool:
+    return (path / "config.json").is_file() and not (path / "checkpoints").is_dir()
 
 
 def _sharded(path: Path) -> Path | None:
@@ -72,34 +109,59 @@ def _run_dir_of(checkpoint: Path) -> Path | None:
 
 
 # ------------------------------------------------------------------ trainer.init_from
-def load_init_weights(config: ModelConfig, source: str) -> Weights:
-    """trainer.init_from's weights, checked to fit a model of `config`: a ConfigError names
-    every parameter whose shape differs, with both shapes, before any data or training work."""
-    from gpt_oss.model.config import ConfigError
+def check_init_from(config: ModelConfig, source: str) -> None:
+    """Refuse, before any data is read, init_from weights whose shapes differ from a model of
+    `config`: a ConfigError names every such parameter with both shapes. A vocab_size of None
+    (it follows the data) is checked once the data is prepared (load_init_weights)."""
+    try:
+        theirs = weights_config(source)
+    except CheckpointError as error:
+        raise ConfigError(f"trainer.init_from={source!r}: {error}") from error
+    if config.vocab_size is None:
+        config = dataclasses.replace(config, vocab_size=theirs.vocab_size)
+    _check_shapes(config, theirs, source)
 
+
+def load_init_weights(config: ModelConfig, source: str, vocabulary: Vocabulary | None) -> Weights:
+    """trainer.init_from's weights for a model of `config` whose data has `vocabulary`: the
+    shapes must agree (ConfigError naming both), and so must the vocabularies, or the same ids
+    would mean other tokens (ConfigError naming both maps)."""
     try:
         weights = load_weights(source)
     except CheckpointError as error:
         raise ConfigError(f"trainer.init_from={source!r}: {error}") from error
+    _check_shapes(config, weights.model.config, source)
+    if (
+        vocabulary is not None
+        and weights.vocabulary is not None
+        and weights.vocabulary != vocabulary
+    ):
+        raise ConfigError(
+            f"trainer.init_from={source!r} was trained with the vocabulary {weights.vocabulary!r}, "
+            f"this run's data gives {vocabulary!r}: the same ids would mean other tokens "
+            "(train on data that gives the same vocabulary, or both with data.vocabulary=full)"
+        )
+    return weights
+
+
+def _check_shapes(config: ModelConfig, theirs: ModelConfig, source: str) -> None:
     with torch.device("meta"):
-        ours = GptOss(config).state_dict()
-    theirs = weights.model.state_dict()
+        ours_state, theirs_state = GptOss(config).state_dict(), GptOss(theirs).state_dict()
     problems = [
-        f"{name}: {tuple(ours[name].shape)} in this model, {tuple(theirs[name].shape)} there"
-        for name in ours
-        if name in theirs and ours[name].shape != theirs[name].shape
+        f"{name}: {tuple(ours_state[name].shape)} in this model, {tuple(theirs_state[name].shape)} there"
+        for name in ours_state
+        if name in theirs_state and ours_state[name].shape != theirs_state[name].shape
     ]
-    problems += [f"{name}: only in this model" for name in ours if name not in theirs]
-    problems += [f"{name}: only there" for name in theirs if name not in ours]
+    problems += [f"{name}: only in this model" for name in ours_state if name not in theirs_state]
+    problems += [f"{name}: only there" for name in theirs_state if name not in ours_state]
     if problems:
-        there = weights.model.config.to_dict()
+        there = theirs.to_dict()
         differ = {k: (v, there.get(k)) for k, v in config.to_dict().items() if v != there.get(k)}
         raise ConfigError(
             f"trainer.init_from={source!r} does not fit the model: {'; '.join(problems[:6])}"
             + (f" (+{len(problems) - 6} more)" if len(problems) > 6 else "")
             + f". Config fields that differ (this model, there): {differ}"
         )
-    return weights
 
 
 @torch.no_grad()
