@@ -116,8 +116,19 @@ def test_a_config_that_fails_leaves_no_run_directory(tmp_path):
     done = cli("gpt_oss.train", tmp_path, "model=tiny", "logger=none", "trainer.max_steps=0")
     assert done.returncode == 2
     assert "trainer.max_steps=0 is invalid" in done.stderr + done.stdout  # on the console
-    assert not [p for p in (tmp_path / "outputs").rglob("*") if p.is_file()]
-    assert not list((tmp_path / "outputs" / "runs").iterdir())  # nor an empty date folder
+    assert not [p for p in tmp_path.rglob("*") if p.is_file()]
+
+
+def test_a_run_that_fails_after_hydra_made_its_directory_removes_it(tmp_path):
+    """Data that turns out unreadable only while it is prepared: the run directory Hydra made
+    (.hydra/, train.log) goes, and its date folder with it."""
+    (tmp_path / "broken.jsonl").write_text("{not json\n")
+    done = cli("gpt_oss.train", tmp_path, "model=tiny", "logger=none", "data=text",
+               f"data.train_files=[{tmp_path / 'broken.jsonl'}]",
+               f"data.cache_dir={tmp_path / 'cache'}")  # fmt: skip
+    assert done.returncode != 0
+    assert "broken.jsonl" in done.stderr + done.stdout  # the error names the file, on the console
+    assert not list((tmp_path / "outputs" / "runs").iterdir())  # no run dir, no empty date folder
 
 
 def test_a_failed_run_never_removes_a_directory_holding_anything_else(tmp_path):
