@@ -1194,6 +1194,14 @@ class ValLoader:
             starts = self.window_starts[first : first + self.batch_size]
             yield windows_to_batch(self.tokens, starts, self.seq_len, self.device)
 
+    def rank_batches(
+        self, rank: int, world_size: int
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
+        """(inputs, targets, weight): rank's slice of each batch; see distributed.val_batches."""
+        from gpt_oss.distributed import World, val_batches  # distributed imports this module
+
+        return val_batches(self, World(rank, world_size))
+
     @property
     def num_target_tokens(self) -> int:
         """Target tokens scored in one pass (the denominator of the mean loss)."""

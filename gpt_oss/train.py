@@ -12,7 +12,7 @@ import logging
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import hydra
 import torch
@@ -26,6 +26,10 @@ from omegaconf.errors import InterpolationResolutionError
 from gpt_oss import distributed, schema
 from gpt_oss.config import ConfigError, ModelConfig
 from gpt_oss.hf import CheckpointError
+
+if TYPE_CHECKING:
+    from gpt_oss.data import PreparedData, TrainLoader, ValLoader
+    from gpt_oss.trainer import TrainerConfig
 
 log = logging.getLogger("gpt_oss.train")
 schema.register()
@@ -133,12 +137,29 @@ def _train(cfg: DictConfig, parts: dict[str, Any], run_dir: Path, world: distrib
     if world.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(run_config)))
-    trainer = Trainer(model, parts["optimizer"], parts["schedule"], data, parts["trainer_config"],
-                      run_dir, logger, run_config)
+    train_loader, val_loader = build_loaders(data, parts["trainer_config"], world)
+    trainer = Trainer(model, parts["optimizer"], parts["schedule"], train_loader, val_loader,
+                      parts["trainer_config"], run_dir, logger, run_config)
     summary = trainer.fit()
     if world.is_main:
         print(format_summary(summary), flush=True)
     return summary
+
+
+def build_loaders(
+    data: PreparedData, config: TrainerConfig, world: distributed.World
+) -> tuple[TrainLoader, ValLoader]:
+    """This rank's training stream (its share of each micro-batch) and the validation windows
+    (a global micro-batch each; the trainer scores each rank's share), on the training device."""
+    from gpt_oss.data import TrainLoader, ValLoader  # data pulls in datasets: import when needed
+    from gpt_oss.trainer import training_device
+
+    device = training_device(config, world)
+    micro = config.batch_size // config.grad_accum  # over all ranks; each takes its share
+    train = TrainLoader(data.train, micro // world.size, config.seq_len, config.seed,
+                        device=device, rank=world.rank, world_size=world.size)
+    val = ValLoader(data.val, micro, config.seq_len, max_batches=config.eval_batches, device=device)
+    return train, val
 
 
 def _drop_log_files() -> None:

@@ -7,10 +7,10 @@ import logging
 import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -20,6 +20,7 @@ from gpt_oss.checkpoint import read_checkpoint, save_checkpoint
 from gpt_oss.config import IMPLEMENTATION_FIELDS, ConfigError, resolve_device
 from gpt_oss.distributed import (
     PARALLEL_MODES,
+    World,
     checkpoint_blocks,
     current_world,
     grad_sync,
@@ -33,7 +34,6 @@ from gpt_oss.distributed import (
     sharded_checkpoint,
     sum_floats,
     sum_over_ranks_,
-    val_batches,
 )
 from gpt_oss.hf import CheckpointError
 from gpt_oss.metrics import bits_per_byte, flops_per_token, peak_flops
@@ -136,6 +136,38 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite."""
 
 
+class TrainBatches(Protocol):
+    """The training stream the loop draws from: data.TrainLoader, bench's random tokens, a
+    test's fake. Its state goes into every checkpoint, so a resumed run continues it exactly."""
+
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(inputs, targets) int64, each (micro-batch of this rank, seq_len), on the device."""
+        ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+class ValBatches(Protocol):
+    """The fixed validation windows (data.ValLoader), scored at every evaluation."""
+
+    # UTF-8 bytes per token of the split, for bits per byte; None: unknown (bpb is NaN)
+    bytes_per_token: float | None
+
+    def rank_batches(
+        self, rank: int, world_size: int
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
+        """(inputs, targets, weight 0 or 1): this rank's share of every batch; the ranks
+        together score each window once."""
+        ...
+
+
+def training_device(config: TrainerConfig, world: World) -> torch.device:
+    """The device this rank trains on (and its loaders put batches on)."""
+    return rank_device(resolve_device(config.device, "trainer.device"), world)
+
+
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     """None = plain float32; otherwise the autocast dtype."""
     if precision == "auto":
@@ -185,24 +217,22 @@ class Trainer:
     def __init__(
         self,
         model: GptOss,
-        optimizer_factory: Callable,
-        schedule_factory: Callable,
-        data: Any,
+        optimizer_factory: Callable[[GptOss], torch.optim.Optimizer],
+        schedule_factory: Callable[[torch.optim.Optimizer], Any],
+        train_loader: TrainBatches,
+        val_loader: ValBatches | None,
         config: TrainerConfig,
         run_dir: str | Path,
         logger: Any = None,
         run_config: dict | None = None,
     ):
-        from gpt_oss.data import (  # data pulls in datasets: import when needed
-            TrainLoader,
-            ValLoader,
-        )
-
+        """train_loader gives this rank's micro-batches of batch_size / grad_accum / processes
+        sequences; val_loader None: no evaluation (and no `best` checkpoint), as in bench."""
         self.world = current_world()  # rank and size of the process group (one process without)
         config.validate(self.world.size)
-        self.config, self.data = config, data
+        self.config = config
         self.run_dir = Path(run_dir)
-        self.device = rank_device(resolve_device(config.device, "trainer.device"), self.world)
+        self.device = training_device(config, self.world)
         self.dtype = autocast_dtype(config.precision, self.device)
         self.model = place_model(model, self.device, config.parallel)
         if config.activation_checkpointing:
@@ -217,23 +247,9 @@ class Trainer:
         self.optimizer = optimizer_factory(self.model)
         self.schedule = schedule_factory(self.optimizer)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
-        micro = config.batch_size // config.grad_accum  # over all ranks; each takes its share
-        self.train_loader = TrainLoader(
-            data.train.tokens,
-            micro // self.world.size,
-            config.seq_len,
-            config.seed,
-            device=self.device,
-            rank=self.world.rank,
-            world_size=self.world.size,
-        )
-        self.val_loader = ValLoader(
-            data.val.tokens,
-            micro,
-            config.seq_len,
-            max_batches=config.eval_batches,
-            device=self.device,
-        )
+        self.train_loader, self.val_loader = train_loader, val_loader
+        micro = config.batch_size // config.grad_accum // self.world.size
+        self.batch_shape = (micro, config.seq_len)  # what train_loader must give
         self.logger = (logger or NullLogger()) if self.world.is_main else NullLogger()
         self.run_config = run_config or {}
         self.metrics = MetricsFile(self.run_dir / "metrics.jsonl")
@@ -277,7 +293,7 @@ class Trainer:
     def _maybe_evaluate_and_save(self) -> bool:
         """Evaluate and checkpoint when due; True if anything was done."""
         cfg, final = self.config, self.step == self.config.max_steps
-        evaluate = self.step % cfg.eval_every == 0 or final
+        evaluate = (self.step % cfg.eval_every == 0 or final) and self.val_loader is not None
         save = self.step % cfg.checkpoint_every == 0 or final
         if evaluate:
             val = self.evaluate()
@@ -300,7 +316,7 @@ class Trainer:
         totals = torch.zeros(4, device=self.device)  # loss, ce, aux, z
         counts = None
         for micro in range(accum):
-            inputs, targets = self.train_loader.next_batch()
+            inputs, targets = self._next_batch()
             with self._autocast(), grad_sync(self.loss_fn, micro == accum - 1):
                 out = self.loss_fn(inputs, targets)
             self.scaler.scale(out.loss / accum).backward()
@@ -325,6 +341,17 @@ class Trainer:
         self.model.update_selection_bias(counts)
         return StepStats(loss, ce, aux, z, grad_norm, counts)
 
+    def _next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        inputs, targets = self.train_loader.next_batch()
+        if tuple(inputs.shape) != self.batch_shape or targets.shape != inputs.shape:
+            raise ValueError(
+                f"the train loader gave inputs {tuple(inputs.shape)} and targets "
+                f"{tuple(targets.shape)}; this trainer needs {self.batch_shape} each (batch_size "
+                f"{self.config.batch_size} / grad_accum {self.config.grad_accum} / "
+                f"{self.world.size} processes, seq_len {self.config.seq_len})"
+            )
+        return inputs, targets
+
     def _non_finite(self, loss: float, counts, ce, aux, z) -> StepStats:
         step = self.step + 1
         self.optimizer.zero_grad(set_to_none=True)
@@ -342,18 +369,16 @@ class Trainer:
         """Validation loss, perplexity and bits per byte over the fixed validation windows."""
         self.model.eval()
         loss_sum, tokens = 0.0, 0
-        for inputs, targets, weight in val_batches(
-            self.val_loader, self.world
-        ):  # this rank's share
+        batches = self.val_loader.rank_batches(self.world.rank, self.world.size)
+        for inputs, targets, weight in batches:  # this rank's share
             with self._autocast():
                 out = self.model.loss(inputs, targets)
             loss_sum += out.ce.item() * targets.numel() * weight
             tokens += targets.numel() * weight
         loss_sum, tokens = sum_floats((loss_sum, tokens), self.device)
         loss = loss_sum / tokens
-        num_bytes = (
-            tokens * self.data.val.num_bytes / len(self.data.val)
-        )  # bytes per token of this split
+        bytes_per_token = self.val_loader.bytes_per_token
+        num_bytes = math.nan if bytes_per_token is None else tokens * bytes_per_token
         result = {
             "loss": loss,
             "perplexity": math.exp(min(loss, 50.0)),

@@ -1,0 +1,124 @@
+"""The training loop itself, driven in-process with loaders written here: what it asks of a
+loader."""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from gpt_oss.checkpoint import read_checkpoint
+from gpt_oss.optim import adamw, constant
+from gpt_oss.tracking import read_metrics
+from gpt_oss.trainer import Trainer, TrainerConfig
+
+SEQ_LEN = 16
+
+
+class FixedBatches:
+    """A train loader that serves the same (batch, seq_len) batch again and again (a model
+    memorises it fast), counting what it served; `on_batch(n)` runs before batch n."""
+
+    def __init__(self, batch_size: int, vocab_size: int = 1000, on_batch=None) -> None:
+        ids = torch.randint(0, vocab_size, (batch_size, SEQ_LEN + 1), generator=_generator())
+        self.inputs, self.targets = ids[:, :-1], ids[:, 1:]
+        self.served, self.loaded, self.on_batch = 0, None, on_batch
+
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        self.served += 1
+        if self.on_batch is not None:
+            self.on_batch(self.served)
+        return self.inputs, self.targets
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"served": self.served}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.loaded, self.served = dict(state), state["served"]
+
+
+class FixedValidation:
+    """A validation loader of one fixed batch, standing for 3.5 bytes per token."""
+
+    bytes_per_token = 3.5
+
+    def __init__(self, batch_size: int = 2) -> None:
+        ids = torch.randint(0, 1000, (batch_size, SEQ_LEN + 1), generator=_generator(1))
+        self.inputs, self.targets = ids[:, :-1], ids[:, 1:]
+
+    def rank_batches(self, rank: int, world_size: int) -> Iterator[tuple[Any, Any, int]]:
+        assert (rank, world_size) == (0, 1)
+        yield self.inputs, self.targets, 1
+
+
+def _generator(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def make_trainer(
+    make_model,
+    run_dir: Path,
+    train_loader,
+    val_loader=None,
+    optimizer=None,
+    **fields: Any,
+) -> Trainer:
+    config = TrainerConfig(**{
+        "max_steps": 6, "batch_size": 4, "grad_accum": 2, "seq_len": SEQ_LEN, "eval_every": 3,
+        "eval_batches": 1, "checkpoint_every": 3, "log_every": 1, "device": "cpu",
+        "progress": False, "seed": 0, **fields,
+    })  # fmt: skip
+    model = make_model(seed=0).train()
+    schedule = functools.partial(constant, total_steps=config.max_steps)
+    optimizer = optimizer or functools.partial(adamw, lr=1e-2)
+    return Trainer(model, optimizer, schedule, train_loader, val_loader, config, run_dir)
+
+
+def _train_losses(run_dir: Path) -> dict[int, float]:
+    return {r["step"]: r["loss"] for r in read_metrics(run_dir / "metrics.jsonl") if r["split"] == "train"}
+
+
+# --- the loader interface ---------------------------------------------------------------
+
+
+def test_the_loop_trains_on_the_loaders_it_is_given_and_checkpoints_the_stream(
+    make_model, tmp_path, single_threaded
+):
+    loader = FixedBatches(batch_size=2)  # batch 4 / grad_accum 2
+    summary = make_trainer(make_model, tmp_path, loader, FixedValidation()).fit()
+    assert loader.served == 12  # 6 steps x 2 micro-batches, nothing drawn by evaluation
+    losses = _train_losses(tmp_path)
+    assert losses[6] < losses[1] - 1.0  # one batch seen 6 times: memorised
+    val = [r for r in read_metrics(tmp_path / "metrics.jsonl") if r["split"] == "val"]
+    assert [r["step"] for r in val] == [3, 6]
+    assert val[-1]["bpb"] == pytest.approx(val[-1]["loss"] / (3.5 * math.log(2)))
+    last = read_checkpoint(tmp_path / "checkpoints" / "last.pt")
+    assert last["step"] == 6 and last["data"] == {"served": 12}
+    assert summary["steps"] == 6
+
+    resumed_loader = FixedBatches(batch_size=2)
+    resumed = make_trainer(make_model, tmp_path, resumed_loader, FixedValidation(),
+                           max_steps=7, resume="auto")  # fmt: skip
+    resumed.fit()
+    assert resumed_loader.loaded == {"served": 12} and resumed_loader.served == 14
+
+
+def test_without_a_validation_loader_it_trains_and_writes_no_best_checkpoint(
+    make_model, tmp_path, single_threaded
+):
+    make_trainer(make_model, tmp_path, FixedBatches(batch_size=2), None, max_steps=3).fit()
+    assert read_checkpoint(tmp_path / "checkpoints" / "last.pt")["step"] == 3
+    assert not (tmp_path / "checkpoints" / "best.pt").exists()
+    assert {r["split"] for r in read_metrics(tmp_path / "metrics.jsonl")} == {"train"}
+
+
+def test_a_loader_giving_another_batch_shape_is_refused_naming_both(make_model, tmp_path):
+    trainer = make_trainer(make_model, tmp_path, FixedBatches(batch_size=4))  # 2 expected
+    with pytest.raises(ValueError, match=r"inputs \(4, 16\).*needs \(2, 16\).*grad_accum 2"):
+        trainer.fit()
+    assert not (tmp_path / "checkpoints").exists()
