@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import random
@@ -133,7 +134,7 @@ class TrainerConfig:
 
 
 class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite."""
+    """The loss, the gradient norm or the weights became NaN or infinite."""
 
 
 class TrainBatches(Protocol):
@@ -254,6 +255,7 @@ class Trainer:
         self.run_config = run_config or {}
         self.metrics = MetricsFile(self.run_dir / "metrics.jsonl")
         self.step, self.best_val, self.skipped, self.tokens_seen = 0, math.inf, 0, 0
+        self.saved_steps: dict[str, int] = {}  # checkpoint name -> step, written by this process
         self.flops_per_token = flops_per_token(model.config, config.seq_len)
         self.peak = None
 
@@ -299,10 +301,24 @@ class Trainer:
             val = self.evaluate()
             if val["loss"] < self.best_val:
                 self.best_val = val["loss"]
-                self.save("best")
+                self.save_finite("best")
         if save:
-            self.save("last")
+            self.save_finite("last")
         return evaluate or save
+
+    def save_finite(self, name: str) -> None:
+        """save(name), unless a weight or optimizer state holds NaN or inf on any rank: then
+        nothing is written and TrainingDiverged names the tensors and the checkpoint kept."""
+        bad = non_finite_tensors(self.model, self.optimizer)
+        if sum_over_ranks_(torch.tensor([len(bad)], device=self.device)).item():
+            shown = ", ".join(bad[:5]) + (", ..." if len(bad) > 5 else "")
+            raise TrainingDiverged(
+                f"after step {self.step}, {len(bad) or 'some'} tensor(s) of the weights and "
+                f"optimizer state are not finite ({shown or 'on another rank'}); training "
+                f"stopped without writing checkpoints/{name}: {self._kept()}"
+            )
+        self.save(name)
+        self.saved_steps[name] = self.step
 
     def _autocast(self):
         if self.dtype is None:
@@ -328,10 +344,18 @@ class Trainer:
         sum_over_ranks_(counts)  # so every rank nudges its selection biases identically
         loss, ce, aux, z = totals.tolist()
         if not math.isfinite(loss):
-            return self._non_finite(loss, counts, ce, aux, z)
+            stats = StepStats(loss, ce, aux, z, math.nan, counts)
+            return self._non_finite(f"the loss is {loss}", stats)
         self.scaler.unscale_(self.optimizer)
         clip = self.config.grad_clip if self.config.grad_clip > 0 else math.inf
+        # the same on every rank (DDP's gradients are all-reduced, FSDP's norm is global)
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip))
+        if not math.isfinite(grad_norm) and not self.scaler.is_enabled():
+            # Before the optimizer applies it: a finite loss can still have NaN gradients, and
+            # one such step makes every weight it touches NaN. (fp16's scaler skips such steps
+            # itself and lowers its scale: overflow there is routine, not divergence.)
+            reason = f"the gradient norm is {grad_norm}"
+            return self._non_finite(reason, StepStats(loss, ce, aux, z, grad_norm, counts))
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
@@ -352,17 +376,42 @@ class Trainer:
             )
         return inputs, targets
 
-    def _non_finite(self, loss: float, counts, ce, aux, z) -> StepStats:
+    def _non_finite(self, reason: str, stats: StepStats) -> StepStats:
+        """A step whose loss or gradient norm is not finite: its gradients are dropped before
+        the optimizer sees them; then skip it (nan_policy=skip) or stop."""
         step = self.step + 1
         self.optimizer.zero_grad(set_to_none=True)
         if self.config.nan_policy == "skip" and self.skipped < self.config.max_skipped_steps:
             self.skipped += 1
-            log.warning("loss is %s at step %d: step skipped (%d so far)", loss, step, self.skipped)
+            log.warning(
+                "%s at step %d: step skipped, weights unchanged (%d of "
+                "trainer.max_skipped_steps=%d)",
+                reason, step, self.skipped, self.config.max_skipped_steps,
+            )  # fmt: skip
             self.schedule.step()
-            return StepStats(loss, ce, aux, z, math.nan, counts, skipped=True)
+            return dataclasses.replace(stats, skipped=True)
+        policy = (
+            f"after {self.skipped} skipped steps (trainer.max_skipped_steps)"
+            if self.config.nan_policy == "skip"
+            else "(trainer.nan_policy=error)"
+        )
+        raise TrainingDiverged(
+            f"{reason} at step {step}; training stopped {policy} before the optimizer applied "
+            f"it: {self._kept()}"
+        )
+
+    def _kept(self) -> str:
+        """What a diverged run leaves: the `last` checkpoint and, when this process wrote it,
+        its step (every checkpoint is checked finite before it is written)."""
         last = _last_checkpoint(self.run_dir / "checkpoints", self.config.parallel != "none")
-        kept = f"the last good checkpoint is kept at {last}" if last else "no checkpoint was written"
-        raise TrainingDiverged(f"loss is {loss} at step {step}; training stopped, {kept}")
+        if last is None:
+            return "no checkpoint was written"
+        step = self.saved_steps.get("last")
+        at = f" (step {step})" if step is not None else ""
+        return (
+            f"the last checkpoint {last}{at} holds finite weights; resume from it with a lower "
+            "optimizer.lr, or set trainer.nan_policy=skip"
+        )
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
@@ -540,6 +589,24 @@ class Trainer:
             "sharded_checkpoints": self.config.parallel != "none",  # last/ and best/ directories
             "plot": str(self.run_dir / "loss.png"),
         }
+
+
+def non_finite_tensors(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> list[str]:
+    """Names of this rank's parameters, buffers and optimizer state tensors (its shards under
+    FSDP) that hold a NaN or an infinity; [] when all are finite."""
+    names = {id(p): name for name, p in model.named_parameters()}
+    named = [*model.named_parameters(), *model.named_buffers()]
+    for param, state in optimizer.state.items():
+        for key, value in state.items():
+            if torch.is_tensor(value):
+                named.append((f"optimizer state {key} of {names.get(id(param), '?')}", value))
+    local = [(n, t.to_local() if hasattr(t, "to_local") else t) for n, t in named]
+    floating = [(n, t) for n, t in local if t.is_floating_point() and t.numel()]
+    if not floating:
+        return []
+    device = floating[0][1].device  # one transfer for all the flags, not one per tensor
+    finite = torch.stack([torch.isfinite(t).all().to(device) for _, t in floating]).tolist()
+    return [name for (name, _), ok in zip(floating, finite, strict=True) if not ok]
 
 
 def expert_load(counts: torch.Tensor) -> list[list[float]]:

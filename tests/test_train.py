@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import signal
 import subprocess
 import sys
@@ -151,6 +152,25 @@ def test_resume_accepts_other_kernels_and_refuses_another_shape(tmp_path):
     assert summary["steps"] == 6 and [r["step"] for r in read_records(resumed)][-1] == 6
     with pytest.raises(CheckpointError, match="hidden_size"):
         run(compose_run(*tiny_overrides(tmp_path, "trainer.max_steps=6", "model.hidden_size=32", f"trainer.resume={first}")), tmp_path / "other")
+
+
+def test_a_diverging_run_keeps_only_finite_checkpoints_and_says_which_step_they_hold(tmp_path):
+    """optimizer.lr=1e6: the loss stays finite a step longer than the gradient norm does."""
+    from gpt_oss.trainer import TrainingDiverged
+
+    every_step = ["trainer.checkpoint_every=1", "trainer.eval_every=1", "trainer.max_steps=8"]
+    cfg = compose_run(*tiny_overrides(tmp_path, "optimizer.lr=1e6", *every_step))
+    with pytest.raises(TrainingDiverged) as caught:
+        run(cfg, tmp_path / "run")
+    found = re.search(r"is (nan|inf|-inf) at step (\d+); .*checkpoints/last.pt \(step (\d+)\) holds finite", str(caught.value))
+    assert found, str(caught.value)
+    assert int(found[3]) == int(found[2]) - 1  # the step before the one that diverged
+    for name in ("last", "best"):
+        checkpoint = torch.load(tmp_path / "run" / "checkpoints" / f"{name}.pt", weights_only=False)
+        tensors = [*checkpoint["model"].values()]
+        tensors += [t for state in checkpoint["optimizer"]["state"].values() for t in state.values()]
+        assert all(torch.isfinite(t).all() for t in tensors if t.is_floating_point()), name
+    assert checkpoint["step"] <= int(found[3])
 
 
 def test_nan_loss_stops_with_the_step_and_keeps_the_last_checkpoint(tmp_path):

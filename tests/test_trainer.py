@@ -1,5 +1,5 @@
 """The training loop itself, driven in-process with loaders written here: what it asks of a
-loader."""
+loader, and the finiteness checks around the optimizer step and the checkpoints."""
 
 from __future__ import annotations
 
@@ -13,9 +13,10 @@ import pytest
 import torch
 
 from gpt_oss.checkpoint import read_checkpoint
+from gpt_oss.model import GptOss
 from gpt_oss.optim import adamw, constant
 from gpt_oss.tracking import read_metrics
-from gpt_oss.trainer import Trainer, TrainerConfig
+from gpt_oss.trainer import Trainer, TrainerConfig, TrainingDiverged
 
 SEQ_LEN = 16
 
@@ -122,3 +123,83 @@ def test_a_loader_giving_another_batch_shape_is_refused_naming_both(make_model, 
     with pytest.raises(ValueError, match=r"inputs \(4, 16\).*needs \(2, 16\).*grad_accum 2"):
         trainer.fit()
     assert not (tmp_path / "checkpoints").exists()
+
+
+# --- divergence: nothing non-finite is applied or written ---------------------------------
+
+
+def _nan_gradient_at(step: int, model: GptOss) -> None:
+    """From now on, the router's gradient of micro-batch 2 * step is NaN (the loss stays finite)."""
+    calls = {"backward": 0}
+
+    def hook(grad: torch.Tensor) -> torch.Tensor:
+        calls["backward"] += 1
+        return grad * math.nan if calls["backward"] == 2 * step else grad
+
+    model.layers[0].mlp.router.weight.register_hook(hook)
+
+
+def _all_finite(checkpoint: dict) -> bool:
+    tensors = list(checkpoint["model"].values())
+    tensors += [v for s in checkpoint["optimizer"]["state"].values() for v in s.values()]
+    return all(torch.isfinite(t).all() for t in tensors if t.is_floating_point())
+
+
+def test_a_nan_gradient_with_a_finite_loss_stops_the_run_before_the_optimizer_applies_it(
+    make_model, tmp_path, single_threaded
+):
+    trainer = make_trainer(make_model, tmp_path, FixedBatches(2), checkpoint_every=1)
+    _nan_gradient_at(3, trainer.model)
+    with pytest.raises(TrainingDiverged) as caught:
+        trainer.fit()
+    message = str(caught.value)
+    assert "the gradient norm is nan at step 3" in message
+    assert "checkpoints/last.pt (step 2) holds finite weights" in message
+    last = read_checkpoint(tmp_path / "checkpoints" / "last.pt")
+    assert last["step"] == 2 and _all_finite(last)
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())  # never applied
+
+
+def test_nan_policy_skip_drops_the_step_and_leaves_the_weights_as_they_were(
+    make_model, tmp_path, single_threaded
+):
+    weights: dict[int, list[torch.Tensor]] = {}
+
+    def snapshot(served: int) -> None:  # before each step's first micro-batch
+        if served % 2 == 1:
+            weights[(served + 1) // 2] = [p.detach().clone() for p in trainer.model.parameters()]
+
+    trainer = make_trainer(make_model, tmp_path, FixedBatches(2, on_batch=snapshot),
+                           nan_policy="skip", max_steps=5)  # fmt: skip
+    _nan_gradient_at(3, trainer.model)
+    summary = trainer.fit()
+    assert summary["skipped_steps"] == 1 and summary["steps"] == 5
+    assert all(torch.equal(a, b) for a, b in zip(weights[3], weights[4], strict=True))
+    assert not all(torch.equal(a, b) for a, b in zip(weights[2], weights[3], strict=True))
+    assert _all_finite(read_checkpoint(tmp_path / "checkpoints" / "last.pt"))
+
+
+def test_weights_that_became_non_finite_are_never_written_to_a_checkpoint(
+    make_model, tmp_path, single_threaded
+):
+    def adamw_that_overflows_at_step_2(model: torch.nn.Module) -> torch.optim.Optimizer:
+        optimizer = adamw(model, lr=1e-2)
+        steps = {"done": 0}
+
+        def overflow(optimizer, args, kwargs) -> None:  # as a huge learning rate would
+            steps["done"] += 1
+            if steps["done"] == 2:
+                with torch.no_grad():
+                    model.norm.weight[0] = math.inf
+
+        optimizer.register_step_post_hook(overflow)
+        return optimizer
+
+    trainer = make_trainer(make_model, tmp_path, FixedBatches(2), FixedValidation(),
+                           optimizer=adamw_that_overflows_at_step_2, checkpoint_every=1,
+                           eval_every=1)  # fmt: skip
+    with pytest.raises(TrainingDiverged, match=r"after step 2, 1 tensor\(s\) .* \(norm.weight\)"):
+        trainer.fit()
+    for name in ("last", "best"):
+        checkpoint = read_checkpoint(tmp_path / "checkpoints" / f"{name}.pt")
+        assert checkpoint["step"] == 1 and _all_finite(checkpoint), name
