@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -213,7 +214,41 @@ def main(cfg: DictConfig) -> float:
     except (ConfigError, CheckpointError, InterpolationResolutionError, _data_error()) as error:
         log.error("%s: %s", type(error).__name__, error)
         raise SystemExit(2) from error
+    if summary["stopped_by"]:
+        exit_stopped(summary)
     return summary["best_val_loss"]  # what a sweeper (e.g. Optuna) minimises
+
+
+def exit_stopped(summary: dict[str, Any]) -> None:
+    """A run a signal stopped: say how to continue it, then exit with 128 + the signal's
+    number (see gpt_oss/signals.py), never 0, so a launcher knows it is unfinished."""
+    from gpt_oss.signals import exit_status
+
+    status = exit_status(summary["stopped_by"])
+    world = distributed.launch_world()
+    if world.is_main:
+        last = "last/" if summary["sharded_checkpoints"] else "last.pt"
+        lines = [
+            f"{summary['stopped_by']} stopped the run after step {summary['steps']} of "
+            f"{summary['max_steps']}; {summary['checkpoints']}/{last} holds it. Resume with:",
+            "  " + resume_command(Path(summary["run_dir"]), world.size),
+            f"exit status {status} (128 + {summary['stopped_by']}): the run is not finished",
+        ]
+        log.warning("\n".join(lines))  # the console and the run's train.log
+    raise SystemExit(status)
+
+
+def resume_command(run_dir: Path, world_size: int = 1) -> str:
+    """The command line that continues this run in its run directory: this job's overrides,
+    hydra.run.dir=<run dir> and trainer.resume=auto."""
+    task = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+    replaced = ("trainer.resume=", "hydra.run.dir=")
+    kept = [o for o in task if not o.lstrip("+~").startswith(replaced)]
+    args = [*kept, f"hydra.run.dir={run_dir.resolve()}", "trainer.resume=auto"]
+    module = "-m gpt_oss.train " + " ".join(shlex.quote(arg) for arg in args)
+    if world_size > 1:
+        return f"<the same launcher as before: torchrun ... or srun ...> {module}"
+    return f"{shlex.quote(sys.executable)} {module}"
 
 
 def _data_error() -> type[Exception]:

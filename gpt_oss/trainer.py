@@ -7,6 +7,7 @@ import dataclasses
 import logging
 import math
 import random
+import signal
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -41,6 +42,7 @@ from gpt_oss.metrics import bits_per_byte, flops_per_token, peak_flops
 from gpt_oss.model import GptOss
 from gpt_oss.plots import plot_losses
 from gpt_oss.runtime import keep_freed_memory
+from gpt_oss.signals import StopRequest
 from gpt_oss.tracking import MetricsFile, NullLogger, read_metrics
 
 log = logging.getLogger(__name__)
@@ -256,6 +258,7 @@ class Trainer:
         self.metrics = MetricsFile(self.run_dir / "metrics.jsonl")
         self.step, self.best_val, self.skipped, self.tokens_seen = 0, math.inf, 0, 0
         self.saved_steps: dict[str, int] = {}  # checkpoint name -> step, written by this process
+        self.stopped_by: str | None = None  # the signal that ended fit() early
         self.flops_per_token = flops_per_token(model.config, config.seq_len)
         self.peak = None
 
@@ -277,19 +280,23 @@ class Trainer:
             mininterval=1.0,
             dynamic_ncols=True,
         )
-        while self.step < self.config.max_steps:
-            stats = self.train_step()
-            self.step += 1
-            self.tokens_seen += self.config.batch_size * self.config.seq_len
-            bar.update(1)
-            if self.step % self.config.log_every == 0 or self.step == 1:
-                last_log = self._log_train(stats, last_log, bar)
-            if self._maybe_evaluate_and_save():  # tokens/s counts training time only
-                last_log = (time.perf_counter(), self.step)
-        bar.close()
-        summary = self._summary(time.perf_counter() - started)
-        self.logger.summary(summary)
-        self.logger.finish()
+        with StopRequest() as stop:  # SIGTERM, SIGINT, SIGUSR1: end after a whole step
+            while self.step < self.config.max_steps:
+                stats = self.train_step()
+                self.step += 1
+                self.tokens_seen += self.config.batch_size * self.config.seq_len
+                bar.update(1)
+                if self.step % self.config.log_every == 0 or self.step == 1:
+                    last_log = self._log_train(stats, last_log, bar)
+                if self._maybe_evaluate_and_save():  # tokens/s counts training time only
+                    last_log = (time.perf_counter(), self.step)
+                if self.step < self.config.max_steps and (signum := stop.agreed(self.device)):
+                    self._stop(signum)
+                    break
+            bar.close()
+            summary = self._summary(time.perf_counter() - started)
+            self.logger.summary(summary)
+            self.logger.finish()  # W&B may take a while: a second Ctrl-C still exits at once
         return summary
 
     def _maybe_evaluate_and_save(self) -> bool:
@@ -319,6 +326,15 @@ class Trainer:
             )
         self.save(name)
         self.saved_steps[name] = self.step
+
+    def _stop(self, signum: int) -> None:
+        """A stop signal (agreed by every rank): `last` holds this step, the summary says why."""
+        self.stopped_by = signal.Signals(signum).name
+        log.warning(
+            "%s: stopping after step %d of %d", self.stopped_by, self.step, self.config.max_steps
+        )
+        if self.saved_steps.get("last") != self.step:
+            self.save_finite("last")
 
     def _autocast(self):
         if self.dtype is None:
@@ -584,6 +600,8 @@ class Trainer:
             "final_train_loss": train[-1]["loss"] if train else math.nan,
             "tokens_per_s": train[-1]["tokens_per_s"] if train else math.nan,
             "skipped_steps": self.skipped,
+            "max_steps": self.config.max_steps,
+            "stopped_by": self.stopped_by,  # None, or the signal that stopped the run early
             "run_dir": str(self.run_dir),
             "checkpoints": str(self.run_dir / "checkpoints"),
             "sharded_checkpoints": self.config.parallel != "none",  # last/ and best/ directories
@@ -645,11 +663,15 @@ def _last_checkpoint(folder: Path, sharded: bool) -> Path | None:
 def format_summary(summary: dict[str, Any]) -> str:
     """The end-of-run report a person reads."""
     minutes = summary["seconds"] / 60
+    done = f"finished {summary['steps']} steps"
+    if summary.get("stopped_by"):
+        done = f"stopped by {summary['stopped_by']} after step {summary['steps']}"
+        done += f" of {summary['max_steps']}"
     return "\n".join(
         [
             "",
             "=" * 64,
-            f"  finished {summary['steps']} steps, {summary['tokens_seen']:,} tokens in {minutes:.1f} min"
+            f"  {done}, {summary['tokens_seen']:,} tokens in {minutes:.1f} min"
             f" ({summary['tokens_per_s']:,.0f} tokens/s at the end)",
             f"  best val loss {summary['best_val_loss']:.4f}, final val loss {summary['final_val_loss']:.4f}"
             f" ({summary['final_val_bpb']:.4f} bits/byte); final train loss {summary['final_train_loss']:.4f}",

@@ -1,10 +1,13 @@
 """The training loop itself, driven in-process with loaders written here: what it asks of a
-loader, and the finiteness checks around the optimizer step and the checkpoints."""
+loader, the finiteness checks around the optimizer step and the checkpoints, and how a stop
+signal ends it after a whole step."""
 
 from __future__ import annotations
 
 import functools
 import math
+import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +18,7 @@ import torch
 from gpt_oss.checkpoint import read_checkpoint
 from gpt_oss.model import GptOss
 from gpt_oss.optim import adamw, constant
+from gpt_oss.signals import StopRequest, exit_status
 from gpt_oss.tracking import read_metrics
 from gpt_oss.trainer import Trainer, TrainerConfig, TrainingDiverged
 
@@ -100,7 +104,7 @@ def test_the_loop_trains_on_the_loaders_it_is_given_and_checkpoints_the_stream(
     assert val[-1]["bpb"] == pytest.approx(val[-1]["loss"] / (3.5 * math.log(2)))
     last = read_checkpoint(tmp_path / "checkpoints" / "last.pt")
     assert last["step"] == 6 and last["data"] == {"served": 12}
-    assert summary["steps"] == 6
+    assert summary["steps"] == 6 and summary["stopped_by"] is None
 
     resumed_loader = FixedBatches(batch_size=2)
     resumed = make_trainer(make_model, tmp_path, resumed_loader, FixedValidation(),
@@ -203,3 +207,54 @@ def test_weights_that_became_non_finite_are_never_written_to_a_checkpoint(
     for name in ("last", "best"):
         checkpoint = read_checkpoint(tmp_path / "checkpoints" / f"{name}.pt")
         assert checkpoint["step"] == 1 and _all_finite(checkpoint), name
+
+
+# --- signals: stop after a whole step -----------------------------------------------------
+
+
+@pytest.fixture
+def python_sigint():
+    """SIGINT as an interactive Python has it (a parent may have started us ignoring it)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+@pytest.mark.parametrize(
+    "signum", [signal.SIGTERM, signal.SIGUSR1, signal.SIGINT], ids=lambda s: s.name
+)
+def test_a_signal_inside_the_optimizer_step_ends_the_run_after_that_step_with_last_written(
+    make_model, tmp_path, single_threaded, python_sigint, signum
+):
+    def fused_adamw_signalled_at_step_2(model: torch.nn.Module) -> torch.optim.Optimizer:
+        optimizer = adamw(model, lr=1e-2)  # the fused kernel on the CPU
+        steps = {"begun": 0}
+
+        def send(optimizer, args, kwargs) -> None:  # in the optimizer step, before the kernel
+            steps["begun"] += 1
+            if steps["begun"] == 2:
+                os.kill(os.getpid(), signum)
+
+        optimizer.register_step_pre_hook(send)
+        return optimizer
+
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)}
+    trainer = make_trainer(make_model, tmp_path, FixedBatches(2),
+                           optimizer=fused_adamw_signalled_at_step_2, checkpoint_every=5)  # fmt: skip
+    summary = trainer.fit()
+    assert summary["stopped_by"] == signal.Signals(signum).name and summary["steps"] == 2
+    assert read_checkpoint(tmp_path / "checkpoints" / "last.pt")["step"] == 2
+    assert max(_train_losses(tmp_path)) == 2
+    assert {s: signal.getsignal(s) for s in handlers} == handlers  # given back after fit()
+    assert exit_status(summary["stopped_by"]) == 128 + signum
+
+
+def test_stop_request_records_the_first_signal_and_hands_sigint_back_to_the_os(python_sigint):
+    with StopRequest() as stop:
+        assert stop.agreed(torch.device("cpu")) == 0
+        os.kill(os.getpid(), signal.SIGUSR1)
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.agreed(torch.device("cpu")) == signal.SIGUSR1  # the first one counts
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_DFL  # a Ctrl-C now ends it at once
+    assert signal.getsignal(signal.SIGINT) == signal.default_int_handler
+    assert [exit_status(n) for n in ("SIGTERM", "SIGINT", "SIGUSR1")] == [143, 130, 138]
