@@ -3,7 +3,7 @@
     python -m gpt_oss.bench model=mini trainer.batch_size=2 trainer.seq_len=256 bench.compare=hf
 
 Each measurement runs in a fresh worker process, so its peak memory is its own: ours through
-gpt_oss.trainer.Trainer.train_step (forward, backward, clipping, optimizer) on random tokens,
+gpt_oss.training.trainer.Trainer.train_step (forward, backward, clipping, optimizer) on random tokens,
 and with bench.compare=hf transformers' GptOssForCausalLM of the same shape, precision and
 optimizer. The output is a table, then as its last line one JSON object.
 
@@ -31,10 +31,9 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 from torch.autograd import DeviceType
 
-from gpt_oss.config import ConfigError, ModelConfig
-from gpt_oss.metrics import flops_per_token, peak_flops, synchronize
-from gpt_oss.schema import RunConfig
-from gpt_oss.train import build
+from gpt_oss.model.config import ConfigError, ModelConfig
+from gpt_oss.schema import RunConfig, build
+from gpt_oss.training.metrics import flops_per_token, peak_flops, synchronize
 
 log = logging.getLogger("gpt_oss.bench")
 
@@ -130,7 +129,7 @@ def cpu_has_native_bf16() -> bool:
 
 
 def _device(name: str) -> torch.device:
-    from gpt_oss.config import resolve_device
+    from gpt_oss.model.config import resolve_device
 
     return resolve_device(name, "trainer.device")
 
@@ -254,9 +253,9 @@ def worker_main() -> None:
 
 def measure_ours(spec: dict[str, Any]) -> dict[str, Any]:
     """Trainer.train_step, exactly as training runs it, on random tokens."""
-    from gpt_oss.config import resolve_device
-    from gpt_oss.model import GptOss
-    from gpt_oss.trainer import Trainer, seed_everything
+    from gpt_oss.model.config import resolve_device
+    from gpt_oss.model.model import GptOss
+    from gpt_oss.training.trainer import Trainer, seed_everything
 
     cfg = OmegaConf.create(spec["config"])
     parts = build(cfg)
@@ -292,8 +291,8 @@ def measure_ours(spec: dict[str, Any]) -> dict[str, Any]:
 
 def measure_hf(spec: dict[str, Any]) -> dict[str, Any]:
     """transformers' GptOssForCausalLM: its own loss (labels), AdamW, clipping, same precision."""
-    from gpt_oss.config import resolve_device
-    from gpt_oss.trainer import autocast_dtype, seed_everything
+    from gpt_oss.model.config import resolve_device
+    from gpt_oss.training.trainer import autocast_dtype, seed_everything
 
     cfg = OmegaConf.create(spec["config"])
     parts = build(cfg)
@@ -344,7 +343,7 @@ def hf_train_step(
     """A closure running one transformers training step; .experts_implementation says which."""
     import transformers
 
-    from gpt_oss.hf import hf_config
+    from gpt_oss.model.hf import hf_config
 
     config = transformers.GptOssConfig(**hf_config(model_config))
     config.use_cache = False

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import torch
 
-from gpt_oss.checkpoint import save_checkpoint
-from gpt_oss.config import DTYPES
-from gpt_oss.distributed import consolidate, sharded_checkpoint
-from gpt_oss.hf import CheckpointError, export_hf
+from gpt_oss.model.config import DTYPES
+from gpt_oss.model.hf import CheckpointError, export_hf
+from gpt_oss.training.checkpoint import save_checkpoint
+from gpt_oss.training.distributed import consolidate, sharded_checkpoint
 
 
 def find_sharded(path: Path) -> Path:

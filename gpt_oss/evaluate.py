@@ -4,7 +4,7 @@
 
 Documents come from a .jsonl file ({"text": ...} per line) or a text file split at a separator
 (<|endoftext|> by default, as in TinyStories' .txt files). Each document is scored as training
-sees it (gpt_oss.data puts <|endoftext|> before every document): after an <|endoftext|>, with
+sees it (gpt_oss.data.tokens puts <|endoftext|> before every document): after an <|endoftext|>, with
 its end predicted as the next <|endoftext|>. Long documents are
 scored in windows of context_length tokens that move by stride, so every token is scored once
 and, past the first window, with at least context_length - stride tokens of context.
@@ -25,15 +25,14 @@ import torch.nn.functional as F
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig
 
-from gpt_oss.checkpoint import load_with_run_config
-from gpt_oss.config import ConfigError, resolve_device
-from gpt_oss.data import encode_text
-from gpt_oss.generate import resolve_dtype
-from gpt_oss.hf import CheckpointError
-from gpt_oss.losses import IGNORE_INDEX
-from gpt_oss.metrics import bits_per_byte
-from gpt_oss.model import GptOss
-from gpt_oss.tokenizer import ENDOFTEXT_ID, get_tokenizer
+from gpt_oss.data.tokens import encode_text
+from gpt_oss.model.config import ConfigError, resolve_device, resolve_dtype
+from gpt_oss.model.hf import CheckpointError
+from gpt_oss.model.losses import IGNORE_INDEX
+from gpt_oss.model.model import GptOss
+from gpt_oss.model.tokenizer import ENDOFTEXT_ID, get_tokenizer
+from gpt_oss.training.checkpoint import load_with_run_config
+from gpt_oss.training.metrics import bits_per_byte
 
 DEFAULT_CONTEXT = 1024  # when the checkpoint does not say what it was trained on
 LOSS_CHUNK_TOKENS = 1024  # logits exist for this many tokens at a time (201k vocab: 0.8 GB fp32)
@@ -97,7 +96,7 @@ def read_documents(
     field: str = "text",
     max_documents: int | None = None,
 ) -> list[str]:
-    """Documents of a .jsonl file (one {field: text} per line, as gpt_oss.data reads them) or of
+    """Documents of a .jsonl file (one {field: text} per line, as gpt_oss.data.sources reads them) or of
     a text file split at separator (None = one per line), stripped; empty ones are skipped."""
     path = Path(path)
     if not path.is_file():

@@ -5,7 +5,7 @@
 
 checkpoint is a run directory, one of our .pt files, or a Hugging Face directory (release
 MXFP4 checkpoints included). Thin by design: load, encode, hand the token ids to
-gpt_oss.sampling.generate, print. Generation writes no run directory (see conf/generate.yaml).
+gpt_oss.model.sampling.generate, print. Generation writes no run directory (see conf/generate.yaml).
 """
 
 from __future__ import annotations
@@ -17,16 +17,21 @@ from pathlib import Path
 from typing import TextIO
 
 import hydra
-import torch
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig
 
-from gpt_oss.checkpoint import load_with_run_config
-from gpt_oss.config import DTYPES, ConfigError, resolve_device
-from gpt_oss.hf import CheckpointError
-from gpt_oss.model import GptOss
-from gpt_oss.sampling import Generation, SamplingConfig, StreamDecoder, TokenCallback, generate
-from gpt_oss.tokenizer import get_tokenizer
+from gpt_oss.model.config import ConfigError, resolve_device, resolve_dtype
+from gpt_oss.model.hf import CheckpointError
+from gpt_oss.model.model import GptOss
+from gpt_oss.model.sampling import (
+    Generation,
+    SamplingConfig,
+    StreamDecoder,
+    TokenCallback,
+    generate,
+)
+from gpt_oss.model.tokenizer import get_tokenizer
+from gpt_oss.training.checkpoint import load_with_run_config
 
 
 @dataclass
@@ -50,18 +55,6 @@ class GenerateConfig:
 
 
 ConfigStore.instance().store(name="generate_schema", node=GenerateConfig)
-
-
-# ------------------------------------------------------------------ loading (shared with evaluate)
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    """auto = bf16 on cuda (a 20B model then fits one 80 GB GPU), fp32 elsewhere."""
-    if name == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    if name not in DTYPES:
-        raise ConfigError(
-            f"dtype={name!r} is invalid: valid are ['auto', {', '.join(map(repr, DTYPES))}]"
-        )
-    return DTYPES[name]
 
 
 # ------------------------------------------------------------------ prompts and tokens

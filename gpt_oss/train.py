@@ -7,7 +7,6 @@ training starts.
 
 from __future__ import annotations
 
-import inspect
 import logging
 import shlex
 import subprocess
@@ -18,64 +17,25 @@ from typing import TYPE_CHECKING, Any
 import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import InstantiationException
 from hydra.types import RunMode
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError
 
-from gpt_oss import distributed, schema
-from gpt_oss.config import ConfigError, ModelConfig
-from gpt_oss.hf import CheckpointError
+from gpt_oss import schema
+from gpt_oss.data.loaders import TrainLoader, ValLoader
+from gpt_oss.data.prepare import prepare_data
+from gpt_oss.model.config import ConfigError
+from gpt_oss.model.hf import CheckpointError
+from gpt_oss.model.model import build_model
+from gpt_oss.schema import build, make
+from gpt_oss.training import distributed
 
 if TYPE_CHECKING:
-    from gpt_oss.data import PreparedData, TrainLoader, ValLoader
-    from gpt_oss.trainer import TrainerConfig
+    from gpt_oss.data.prepare import PreparedData
+    from gpt_oss.training.trainer import TrainerConfig
 
 log = logging.getLogger("gpt_oss.train")
 schema.register()
-
-
-def check_partial(factory: Any, group: str, first_arg: str) -> None:
-    """Fail now, not at step 0, when an optimizer/schedule config names an unknown argument."""
-    try:
-        inspect.signature(factory.func).bind(None, **factory.keywords)
-    except TypeError as error:
-        params = [p for p in inspect.signature(factory.func).parameters if p != first_arg]
-        raise ConfigError(f"{group} config does not fit {factory.func.__name__}: {error}; valid keys: {params}") from error
-
-
-def make(node: DictConfig, group: str, **kwargs: Any) -> Any:
-    """instantiate, with a failure reported as a ConfigError that names the group."""
-    try:
-        return instantiate(node, _convert_="all", **kwargs)
-    except InstantiationException as error:
-        if isinstance(error.__cause__, ConfigError):
-            raise error.__cause__ from None
-        raise ConfigError(f"{group} config is invalid: {error}") from error
-
-
-def build(cfg: DictConfig) -> dict[str, Any]:
-    """Instantiate and validate every config group; no data is read and no model is built."""
-    model_config: ModelConfig = make(cfg.model, "model")
-    trainer_config = make(cfg.trainer, "trainer")
-    trainer_config.validate(distributed.launch_world().size)
-    if trainer_config.seq_len > model_config.max_position_embeddings:
-        raise ConfigError(
-            f"trainer.seq_len={trainer_config.seq_len} is invalid: exceeds "
-            f"model.max_position_embeddings={model_config.max_position_embeddings}"
-        )
-    optimizer = make(cfg.optimizer, "optimizer")
-    check_partial(optimizer, "optimizer", "model")
-    schedule = make(cfg.schedule, "schedule")
-    check_partial(schedule, "schedule", "optimizer")
-    return {
-        "model_config": model_config,
-        "trainer_config": trainer_config,
-        "data_config": make(cfg.data, "data"),
-        "optimizer": optimizer,
-        "schedule": schedule,
-    }
 
 
 def job_identity(cfg: DictConfig) -> tuple[str | None, str | None]:
@@ -108,7 +68,7 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     With trainer.parallel=ddp|fsdp every process that torchrun or SLURM started runs this; they
     join one process group and train in rank 0's run directory, which rank 0 alone writes.
     """
-    from gpt_oss.config import resolve_device
+    from gpt_oss.model.config import resolve_device
 
     parts = build(cfg)
     trainer_config = parts["trainer_config"]
@@ -120,14 +80,14 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
 
 
 def _train(cfg: DictConfig, parts: dict[str, Any], run_dir: Path, world: distributed.World) -> dict[str, Any]:
-    from gpt_oss.info import parameter_counts
-    from gpt_oss.trainer import Trainer, format_summary, seed_everything
+    from gpt_oss.model.size import parameter_counts
+    from gpt_oss.training.trainer import Trainer, format_summary, seed_everything
 
     group, name = job_identity(cfg)
     logger = make(cfg.logger, "logger", **_missing_identity(cfg.logger, group, name))
-    data = distributed.prepare_data(parts["data_config"], world)  # rank 0 first, then the others
+    data = prepare_data(parts["data_config"], world)  # rank 0 first, then the others
     seed_everything(parts["trainer_config"].seed)
-    model = distributed.build_model(parts["model_config"], meta=parts["trainer_config"].meta_init)
+    model = build_model(parts["model_config"], meta=parts["trainer_config"].meta_init)
     run_config = OmegaConf.to_container(cfg, resolve=True)
     run_config["data"]["fallback"] = data.fallback  # None, or why TinyStories was replaced
     run_config["data_prepared"] = data.summary()  # what was actually read: source, sizes, sha256
@@ -152,8 +112,7 @@ def build_loaders(
 ) -> tuple[TrainLoader, ValLoader]:
     """This rank's training stream (its share of each micro-batch) and the validation windows
     (a global micro-batch each; the trainer scores each rank's share), on the training device."""
-    from gpt_oss.data import TrainLoader, ValLoader  # data pulls in datasets: import when needed
-    from gpt_oss.trainer import training_device
+    from gpt_oss.training.trainer import training_device
 
     device = training_device(config, world)
     micro = config.batch_size // config.grad_accum  # over all ranks; each takes its share
@@ -198,7 +157,7 @@ def pin_sweep_gpu() -> str | None:
     hc = HydraConfig.get()
     if hc.mode != RunMode.MULTIRUN or hc.runtime.choices.get("hydra/launcher") != "gpu_pool":
         return None
-    from gpt_oss.gpu_pool import pin_process_gpu
+    from gpt_oss.studies.gpu_pool import pin_process_gpu
 
     gpu = pin_process_gpu(hc.job.num, Path(hc.sweep.dir) / ".gpu_pool")
     log.info("gpu_pool: job %d runs on CUDA_VISIBLE_DEVICES=%s", hc.job.num, gpu)
@@ -221,8 +180,8 @@ def main(cfg: DictConfig) -> float:
 
 def exit_stopped(summary: dict[str, Any]) -> None:
     """A run a signal stopped: say how to continue it, then exit with 128 + the signal's
-    number (see gpt_oss/signals.py), never 0, so a launcher knows it is unfinished."""
-    from gpt_oss.signals import exit_status
+    number (see gpt_oss/training/signals.py), never 0, so a launcher knows it is unfinished."""
+    from gpt_oss.training.signals import exit_status
 
     status = exit_status(summary["stopped_by"])
     world = distributed.launch_world()
@@ -252,7 +211,7 @@ def resume_command(run_dir: Path, world_size: int = 1) -> str:
 
 
 def _data_error() -> type[Exception]:
-    from gpt_oss.data import DataError
+    from gpt_oss.data.config import DataError
 
     return DataError
 

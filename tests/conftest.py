@@ -9,8 +9,8 @@ from collections.abc import Callable
 import pytest
 import torch
 
-from gpt_oss.config import ModelConfig
-from gpt_oss.model import GptOss
+from gpt_oss.model.config import ModelConfig
+from gpt_oss.model.model import GptOss
 
 # Tiny and CPU-fast; the plain paths, so a test opts into a fast path by name.
 TINY = {

@@ -21,8 +21,8 @@ from gpt_oss.bench import (
     step_breakdown,
     summarize,
 )
-from gpt_oss.config import ConfigError, ModelConfig
-from gpt_oss.trainer import TrainerConfig
+from gpt_oss.model.config import ConfigError, ModelConfig
+from gpt_oss.training.trainer import TrainerConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["model=tiny", "trainer.device=cpu", "trainer.batch_size=2", "trainer.seq_len=32"]

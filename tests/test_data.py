@@ -17,19 +17,12 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from gpt_oss import data as data_module
-from gpt_oss.data import (
-    DataConfig,
-    DataError,
-    TokenFile,
-    TrainLoader,
-    ValLoader,
-    config_from_dict,
-    encode_documents,
-    hub_unreachable_reason,
-    prepare,
-)
-from gpt_oss.synthetic import (
+from gpt_oss.data import prepare as prepare_module
+from gpt_oss.data.config import DataConfig, DataError, config_from_dict
+from gpt_oss.data.hub import hub_unreachable_reason
+from gpt_oss.data.loaders import TrainLoader, ValLoader
+from gpt_oss.data.prepare import prepare
+from gpt_oss.data.synthetic import (
     BOY_NAMES,
     GIRL_NAMES,
     OBJECTS,
@@ -37,7 +30,8 @@ from gpt_oss.synthetic import (
     generate_stories,
     generate_story,
 )
-from gpt_oss.tokenizer import ENDOFTEXT, ENDOFTEXT_ID, get_tokenizer
+from gpt_oss.data.tokens import TokenFile, encode_documents, sha256_file
+from gpt_oss.model.tokenizer import ENDOFTEXT, ENDOFTEXT_ID, get_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO.parent / "shared" / "data" / "tinystories_sample.jsonl"
@@ -119,7 +113,7 @@ def test_jsonl_tokens_decode_back_to_the_documents(tmp_path, stories):
     assert prepared.fallback is None and prepared.source == "files"
     metadata = prepared.train.metadata
     assert metadata["tokenizer"] == "o200k_harmony" and metadata["vocab_size"] == 201088
-    assert metadata["sha256"] == data_module.sha256_file(prepared.train.path)
+    assert metadata["sha256"] == sha256_file(prepared.train.path)
     assert prepared.directory.parent == tmp_path / "cache"
 
 
@@ -247,20 +241,20 @@ def test_a_corrupt_file_fails_its_checksum(tmp_path):
 
 
 def test_an_interrupted_preparation_leaves_nothing_trusted(tmp_path, monkeypatch):
-    real = data_module._encode_all
+    real = prepare_module._encode_all
 
     def interrupted(documents, num_proc):
         yield next(real(documents, num_proc))
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(data_module, "_encode_all", interrupted)
+    monkeypatch.setattr(prepare_module, "_encode_all", interrupted)
     config = synthetic_config(tmp_path, synthetic_train_stories=3000)
     with pytest.raises(KeyboardInterrupt):
         prepare(config, progress=False)
     folder = next((tmp_path / "cache").iterdir())
     assert not list(folder.glob("*.json")) and not list(folder.glob("*.bin"))
     assert not list(folder.glob("*.tmp")), "temporary files are cleaned up"
-    monkeypatch.setattr(data_module, "_encode_all", real)
+    monkeypatch.setattr(prepare_module, "_encode_all", real)
     assert prepare(config, progress=False).train.num_documents == 3000
 
 
@@ -322,7 +316,7 @@ def test_invalid_config_values_are_named(field, value):
 
 def test_config_from_dict_rejects_unknown_keys():
     assert (
-        config_from_dict({"_target_": "gpt_oss.data.DataConfig", "source": "synthetic"}).source
+        config_from_dict({"_target_": "gpt_oss.data.config.DataConfig", "source": "synthetic"}).source
         == "synthetic"
     )
     with pytest.raises(DataError, match="unknown data fields \\['sorce'\\]"):

@@ -19,12 +19,11 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from safetensors.torch import load_file, save_file
 
-from gpt_oss.checkpoint import load_with_run_config, save_checkpoint
-from gpt_oss.config import ConfigError
 from gpt_oss.generate import encode_prompt, run, token_id
-from gpt_oss.hf import dequantize_mxfp4, export_hf
-from gpt_oss.model import KVCache
-from gpt_oss.sampling import (
+from gpt_oss.model.config import ConfigError
+from gpt_oss.model.hf import dequantize_mxfp4, export_hf
+from gpt_oss.model.model import KVCache
+from gpt_oss.model.sampling import (
     SamplingConfig,
     StreamDecoder,
     filter_top_k,
@@ -33,7 +32,8 @@ from gpt_oss.sampling import (
     left_pad,
     sample_from,
 )
-from gpt_oss.tokenizer import ENDOFTEXT_ID, get_tokenizer
+from gpt_oss.model.tokenizer import ENDOFTEXT_ID, get_tokenizer
+from gpt_oss.training.checkpoint import load_with_run_config, save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 WINDOW = 8  # small, so prompts and generations cross it many times
@@ -410,9 +410,9 @@ def continuation_words(checkpoint: Path, tmp_path: Path) -> list[str]:
 
 @pytest.mark.slow
 def test_a_briefly_trained_model_continues_with_words_of_its_corpus(tmp_path):
-    from gpt_oss.model import GptOss
-    from gpt_oss.synthetic import generate_stories
-    from gpt_oss.train import build
+    from gpt_oss.data.synthetic import generate_stories
+    from gpt_oss.model.model import GptOss
+    from gpt_oss.schema import build
     from gpt_oss.train import run as train
 
     stories, seed = 2000, 0

@@ -14,8 +14,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from gpt_oss.checkpoint import load_model, save_checkpoint
-from gpt_oss.hf import CheckpointError, config_from_hf, export_hf, import_hf
+from gpt_oss.model.hf import CheckpointError, config_from_hf, export_hf, import_hf
+from gpt_oss.training.checkpoint import load_model, save_checkpoint
 
 transformers = pytest.importorskip("transformers")
 
@@ -175,7 +175,7 @@ def test_bf16_export_imports_as_the_rounded_weights(make_model, tmp_path):
 
 
 def test_sharded_export_loads_in_transformers_and_back(make_model, tmp_path, monkeypatch):
-    monkeypatch.setattr("gpt_oss.hf.SHARD_BYTES", 64 * 1024)
+    monkeypatch.setattr("gpt_oss.model.hf.SHARD_BYTES", 64 * 1024)
     model = make_model()
     directory = export_hf(model, tmp_path)
     assert len(list(directory.glob("model-*-of-*.safetensors"))) > 1

@@ -13,12 +13,13 @@ import torch
 import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 
-from gpt_oss.attention import attention_eager, attention_mask
-from gpt_oss.config import ConfigError, ModelConfig
-from gpt_oss.info import meta_parameter_count, model_config, parameter_counts
-from gpt_oss.losses import load_balancing_loss, router_z_loss
-from gpt_oss.model import GptOss, KVCache, RMSNorm, apply_rotary, yarn_inverse_frequencies
-from gpt_oss.moe import Router, Routing, clamped_swiglu
+from gpt_oss.info import model_config
+from gpt_oss.model.attention import attention_eager, attention_mask
+from gpt_oss.model.config import ConfigError, ModelConfig
+from gpt_oss.model.losses import load_balancing_loss, router_z_loss
+from gpt_oss.model.model import GptOss, KVCache, RMSNorm, apply_rotary, yarn_inverse_frequencies
+from gpt_oss.model.moe import Router, Routing, clamped_swiglu
+from gpt_oss.model.size import meta_parameter_count, parameter_counts
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 

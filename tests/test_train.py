@@ -18,9 +18,10 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 
-from gpt_oss.config import ConfigError
-from gpt_oss.hf import CheckpointError
-from gpt_oss.train import build, run
+from gpt_oss.model.config import ConfigError
+from gpt_oss.model.hf import CheckpointError
+from gpt_oss.schema import build
+from gpt_oss.train import run
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
@@ -165,7 +166,7 @@ def test_resume_accepts_other_kernels_and_refuses_another_shape(tmp_path):
 
 def test_a_diverging_run_keeps_only_finite_checkpoints_and_says_which_step_they_hold(tmp_path):
     """optimizer.lr=1e6: the loss stays finite a step longer than the gradient norm does."""
-    from gpt_oss.trainer import TrainingDiverged
+    from gpt_oss.training.trainer import TrainingDiverged
 
     every_step = ["trainer.checkpoint_every=1", "trainer.eval_every=1", "trainer.max_steps=8"]
     cfg = compose_run(*tiny_overrides(tmp_path, "optimizer.lr=1e6", *every_step))
@@ -183,7 +184,7 @@ def test_a_diverging_run_keeps_only_finite_checkpoints_and_says_which_step_they_
 
 
 def test_nan_loss_stops_with_the_step_and_keeps_the_last_checkpoint(tmp_path):
-    from gpt_oss.trainer import TrainingDiverged
+    from gpt_oss.training.trainer import TrainingDiverged
 
     cfg = compose_run(*tiny_overrides(tmp_path, "trainer.max_steps=6", "optimizer.lr=1e30", "trainer.grad_clip=0"))
     with pytest.raises(TrainingDiverged, match=r"at step \d+"):
@@ -225,7 +226,7 @@ def uninterrupted(signal_workdir) -> Path:
 
 
 def _last_logged_step(run_dir: Path) -> int:
-    from gpt_oss.tracking import read_metrics  # skips a line torn mid-write
+    from gpt_oss.training.tracking import read_metrics  # skips a line torn mid-write
 
     return max((r["step"] for r in read_metrics(run_dir / "metrics.jsonl")), default=0)
 

@@ -15,12 +15,12 @@ from typing import Any
 import pytest
 import torch
 
-from gpt_oss.checkpoint import read_checkpoint
-from gpt_oss.model import GptOss
-from gpt_oss.optim import adamw, constant
-from gpt_oss.signals import StopRequest, exit_status
-from gpt_oss.tracking import read_metrics
-from gpt_oss.trainer import Trainer, TrainerConfig, TrainingDiverged
+from gpt_oss.model.model import GptOss
+from gpt_oss.training.checkpoint import read_checkpoint
+from gpt_oss.training.optim import adamw, constant
+from gpt_oss.training.signals import StopRequest, exit_status
+from gpt_oss.training.tracking import read_metrics
+from gpt_oss.training.trainer import Trainer, TrainerConfig, TrainingDiverged
 
 SEQ_LEN = 16
 

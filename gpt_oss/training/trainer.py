@@ -18,9 +18,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from gpt_oss.checkpoint import read_checkpoint, save_checkpoint
-from gpt_oss.config import IMPLEMENTATION_FIELDS, ConfigError, resolve_device
-from gpt_oss.distributed import (
+from gpt_oss.model.config import IMPLEMENTATION_FIELDS, ConfigError, resolve_device
+from gpt_oss.model.hf import CheckpointError
+from gpt_oss.model.model import GptOss
+from gpt_oss.studies.plots import plot_losses
+from gpt_oss.training.checkpoint import read_checkpoint, save_checkpoint
+from gpt_oss.training.distributed import (
     PARALLEL_MODES,
     World,
     checkpoint_blocks,
@@ -37,13 +40,10 @@ from gpt_oss.distributed import (
     sum_floats,
     sum_over_ranks_,
 )
-from gpt_oss.hf import CheckpointError
-from gpt_oss.metrics import bits_per_byte, flops_per_token, peak_flops
-from gpt_oss.model import GptOss
-from gpt_oss.plots import plot_losses
-from gpt_oss.runtime import keep_freed_memory
-from gpt_oss.signals import StopRequest
-from gpt_oss.tracking import MetricsFile, NullLogger, read_metrics
+from gpt_oss.training.metrics import bits_per_byte, flops_per_token, peak_flops
+from gpt_oss.training.runtime import keep_freed_memory
+from gpt_oss.training.signals import StopRequest
+from gpt_oss.training.tracking import MetricsFile, NullLogger, read_metrics
 
 log = logging.getLogger(__name__)
 
@@ -375,7 +375,7 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
-        if self.device.type == "cpu":  # once the optimizer state exists: see gpt_oss/runtime.py
+        if self.device.type == "cpu":  # once the optimizer state exists: see gpt_oss/training/runtime.py
             keep_freed_memory()
         self.schedule.step()
         self.model.update_selection_bias(counts)

@@ -26,7 +26,7 @@ from types import FrameType, TracebackType
 
 import torch
 
-from gpt_oss.distributed import current_world, max_over_ranks_
+from gpt_oss.training.distributed import current_world, max_over_ranks_
 
 log = logging.getLogger(__name__)
 

@@ -39,6 +39,17 @@ def resolve_device(name: str, option: str = "device") -> torch.device:
     return device
 
 
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """auto = bf16 on cuda (a 20B model then fits one 80 GB GPU), fp32 elsewhere."""
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if name not in DTYPES:
+        raise ConfigError(
+            f"dtype={name!r} is invalid: valid are ['auto', {', '.join(map(repr, DTYPES))}]"
+        )
+    return DTYPES[name]
+
+
 @dataclass
 class ModelConfig:
     """Shape and switches of a GPT-OSS model. Defaults are gpt-oss-20b."""

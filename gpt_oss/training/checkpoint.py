@@ -9,9 +9,9 @@ from typing import Any
 
 import torch
 
-from gpt_oss.config import ModelConfig
-from gpt_oss.hf import CheckpointError, build_with_state, import_hf
-from gpt_oss.model import GptOss
+from gpt_oss.model.config import ModelConfig
+from gpt_oss.model.hf import CheckpointError, build_with_state, import_hf
+from gpt_oss.model.model import GptOss
 
 FORMAT = "gpt-oss-lab/1"
 
@@ -83,7 +83,7 @@ def load_with_run_config(
     """load_model's model in eval mode, and the run config stored with it ({} if none).
 
     A Hugging Face directory loads onto the device (MXFP4 experts dequantized there tensor by
-    tensor, gpt_oss.hf). Our checkpoints are read on the CPU, so their optimizer state never
+    tensor, gpt_oss.model.hf). Our checkpoints are read on the CPU, so their optimizer state never
     reaches the GPU, and only the weights move, cast to dtype when given.
     """
     path = Path(path)
