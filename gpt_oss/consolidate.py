@@ -17,8 +17,8 @@ from pathlib import Path
 
 import torch
 
-from gpt_oss.model.config import DTYPES
 from gpt_oss.model.hf import CheckpointError, export_hf
+from gpt_oss.model.precision import DTYPES
 from gpt_oss.training.checkpoint import save_checkpoint
 from gpt_oss.training.distributed import consolidate, sharded_checkpoint
 

@@ -21,15 +21,15 @@ from typing import Any
 
 import hydra
 import torch
-import torch.nn.functional as F
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig
 
+from gpt_oss.cli import exit_on_input_error
 from gpt_oss.data.tokens import encode_text
-from gpt_oss.model.config import ConfigError, resolve_device, resolve_dtype
-from gpt_oss.model.hf import CheckpointError
-from gpt_oss.model.losses import IGNORE_INDEX
+from gpt_oss.model.config import ConfigError, resolve_device
+from gpt_oss.model.losses import IGNORE_INDEX, linear_cross_entropy
 from gpt_oss.model.model import GptOss
+from gpt_oss.model.precision import DTYPES, resolve_precision
 from gpt_oss.model.tokenizer import ENDOFTEXT_ID, get_tokenizer
 from gpt_oss.training.checkpoint import load_with_run_config
 from gpt_oss.training.metrics import bits_per_byte
@@ -153,24 +153,13 @@ def window_loss_sum(model: GptOss, windows: list[tuple[list[int], list[int]]]) -
         inputs[row, : len(window_inputs)] = torch.tensor(window_inputs)
         targets[row, : len(window_targets)] = torch.tensor(window_targets)
     hidden, _ = model.hidden_states(inputs.to(device))  # (B, T, H)
-    return summed_cross_entropy(
-        hidden.flatten(0, 1), model.lm_head.weight, targets.to(device).flatten()
+    targets = targets.to(device).flatten()  # (B*T,)
+    # The training loss's chunked cross-entropy (float32 logits LOSS_CHUNK_TOKENS rows at a
+    # time), a mean over the scored targets; times their count it is the sum (to ~1e-7).
+    mean = linear_cross_entropy(
+        hidden.flatten(0, 1), model.lm_head.weight, targets, LOSS_CHUNK_TOKENS
     )
-
-
-def summed_cross_entropy(
-    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor
-) -> float:
-    """Sum over targets (IGNORE_INDEX skipped) of -log softmax(hidden @ weight.T), the float32
-    logits formed LOSS_CHUNK_TOKENS rows at a time: a sum, not a mean, so nothing is rescaled."""
-    total = 0.0
-    for start in range(0, hidden.shape[0], LOSS_CHUNK_TOKENS):
-        logits = F.linear(hidden[start : start + LOSS_CHUNK_TOKENS], weight).float()  # (chunk, V)
-        chunk_targets = targets[start : start + LOSS_CHUNK_TOKENS]
-        total += float(
-            F.cross_entropy(logits, chunk_targets, ignore_index=IGNORE_INDEX, reduction="sum")
-        )
-    return total
+    return float(mean) * int((targets != IGNORE_INDEX).sum())
 
 
 def score_documents(
@@ -210,7 +199,7 @@ def run(cfg: DictConfig) -> Score:
     documents = read_documents(cfg.text_file, cfg.separator, cfg.field, cfg.max_documents)
     device = resolve_device(cfg.device)
     model, run_config = load_with_run_config(
-        cfg.checkpoint, device, resolve_dtype(cfg.dtype, device)
+        cfg.checkpoint, device, DTYPES[resolve_precision(cfg.dtype, device, "dtype")]
     )
     context = cfg.context_length or default_context(run_config, model)
     stride = cfg.stride or max(context // 2, 1)
@@ -231,10 +220,7 @@ def run(cfg: DictConfig) -> Score:
 
 @hydra.main(version_base=None, config_path="../conf", config_name="evaluate")
 def main(cfg: DictConfig) -> None:
-    try:
-        run(cfg)
-    except (ConfigError, CheckpointError, ValueError) as error:
-        raise SystemExit(f"{type(error).__name__}: {error}") from error
+    exit_on_input_error(run, cfg)
 
 
 if __name__ == "__main__":

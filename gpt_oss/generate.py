@@ -20,9 +20,10 @@ import hydra
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig
 
-from gpt_oss.model.config import ConfigError, resolve_device, resolve_dtype
-from gpt_oss.model.hf import CheckpointError
+from gpt_oss.cli import exit_on_input_error
+from gpt_oss.model.config import ConfigError, resolve_device
 from gpt_oss.model.model import GptOss
+from gpt_oss.model.precision import DTYPES, resolve_precision
 from gpt_oss.model.sampling import (
     Generation,
     SamplingConfig,
@@ -106,7 +107,7 @@ def run(cfg: DictConfig, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> 
     if cfg.batch_size < 1:
         raise ConfigError(f"batch_size={cfg.batch_size} is invalid: must be >= 1")
     device = resolve_device(cfg.device)
-    model, _ = load_with_run_config(cfg.checkpoint, device, resolve_dtype(cfg.dtype, device))
+    model, _ = load_with_run_config(cfg.checkpoint, device, DTYPES[resolve_precision(cfg.dtype, device, "dtype")])
     results = []
     for first in range(0, len(prompts), cfg.batch_size):
         batch = slice(first, first + cfg.batch_size)
@@ -171,10 +172,7 @@ def speed_report(result: Generation) -> str:
 
 @hydra.main(version_base=None, config_path="../conf", config_name="generate")
 def main(cfg: DictConfig) -> None:
-    try:
-        run(cfg)
-    except (ConfigError, CheckpointError, ValueError) as error:
-        raise SystemExit(f"{type(error).__name__}: {error}") from error
+    exit_on_input_error(run, cfg)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from safetensors.torch import load_file, save_file
 
+from gpt_oss.cli import exit_on_input_error
 from gpt_oss.generate import encode_prompt, run, token_id
 from gpt_oss.model.config import ConfigError
 from gpt_oss.model.hf import dequantize_mxfp4, export_hf
@@ -331,6 +332,18 @@ def test_cli_runs_as_a_module_and_leaves_no_output_directory(tiny_checkpoint, tm
         missing.returncode != 0
         and "CheckpointError: no checkpoint at /nonexistent" in missing.stderr
     )
+
+
+def test_generate_and_evaluate_end_an_input_error_with_its_name_and_message():
+    def bad_dtype(value: str) -> None:
+        raise ConfigError(f"dtype={value!r} is invalid")
+
+    with pytest.raises(SystemExit) as ended:
+        exit_on_input_error(bad_dtype, "fp8")
+    assert ended.value.code == "ConfigError: dtype='fp8' is invalid"  # printed; status 1
+    assert exit_on_input_error(lambda x: x + 1, 1) == 2
+    with pytest.raises(KeyError):  # a bug is not an input error: its traceback stays
+        exit_on_input_error({}.__getitem__, "x")
 
 
 def write_mxfp4_directory(model, directory: Path, seed: int = 0) -> dict[str, torch.Tensor]:

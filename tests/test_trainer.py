@@ -51,9 +51,10 @@ class FixedValidation:
     """A validation loader of one fixed batch, standing for 3.5 bytes per token."""
 
     bytes_per_token = 3.5
+    num_target_tokens = 2 * SEQ_LEN
 
-    def __init__(self, batch_size: int = 2) -> None:
-        ids = torch.randint(0, 1000, (batch_size, SEQ_LEN + 1), generator=_generator(1))
+    def __init__(self) -> None:
+        ids = torch.randint(0, 1000, (2, SEQ_LEN + 1), generator=_generator(1))
         self.inputs, self.targets = ids[:, :-1], ids[:, 1:]
 
     def rank_batches(self, rank: int, world_size: int) -> Iterator[tuple[Any, Any, int]]:

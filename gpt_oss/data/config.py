@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 SOURCES = ("hub", "files", "synthetic")
 FALLBACKS = ("synthetic", "error")
@@ -82,15 +81,6 @@ class DataConfig:
             raise DataError(
                 "data.separator='' is invalid: use null (one document per line) or a string"
             )
-
-
-def config_from_dict(values: dict[str, Any]) -> DataConfig:
-    """A DataConfig from a plain mapping (e.g. a run's saved config); `_target_` is ignored."""
-    known = {f.name for f in fields(DataConfig)}
-    unknown = sorted(set(values) - known - {"_target_"})
-    if unknown:
-        raise DataError(f"unknown data fields {unknown}; valid fields: {', '.join(sorted(known))}")
-    return DataConfig(**{key: value for key, value in values.items() if key in known})
 
 
 def default_cache_dir() -> Path:

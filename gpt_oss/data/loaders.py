@@ -92,12 +92,6 @@ class TrainLoader:
         self.batch_index += 1
         return windows_to_batch(self.tokens, starts, self.seq_len, self.device)
 
-    def __iter__(self) -> TrainLoader:
-        return self
-
-    def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.next_batch()
-
     def state_dict(self) -> dict[str, int]:
         """Everything needed to continue the stream exactly (goes into the checkpoint)."""
         return {
@@ -150,21 +144,12 @@ class ValLoader:
             raise DataError(
                 f"{len(self.tokens)} validation tokens are too few for one window of seq_len={seq_len}"
             )
-        self.bytes_per_token = tokens.bytes_per_token if isinstance(tokens, TokenFile) else None
         self.batch_size, self.seq_len, self.stride = batch_size, seq_len, stride
         self.device = torch.device(device)
         num_windows = (len(self.tokens) - seq_len - 1) // stride + 1
         if max_batches is not None:
             num_windows = min(num_windows, max_batches * batch_size)
         self.window_starts = np.arange(num_windows, dtype=np.int64) * stride
-
-    def __len__(self) -> int:
-        return math.ceil(len(self.window_starts) / self.batch_size)
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for first in range(0, len(self.window_starts), self.batch_size):
-            starts = self.window_starts[first : first + self.batch_size]
-            yield windows_to_batch(self.tokens, starts, self.seq_len, self.device)
 
     def rank_batches(
         self, rank: int, world_size: int
@@ -187,11 +172,3 @@ class ValLoader:
     def num_target_tokens(self) -> int:
         """Target tokens scored in one pass (the denominator of the mean loss)."""
         return len(self.window_starts) * self.seq_len
-
-    @property
-    def num_bytes(self) -> float | None:
-        """UTF-8 bytes those targets stand for, for bits per byte. Approximated as
-        num_target_tokens * (split bytes / split tokens); None for a bare array."""
-        if self.bytes_per_token is None:
-            return None
-        return self.num_target_tokens * self.bytes_per_token

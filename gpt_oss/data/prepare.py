@@ -91,10 +91,6 @@ class PreparedData:
     prepared_splits: tuple[str, ...] = ()  # splits tokenized by this call (empty: all cached)
     seconds: float = 0.0  # time spent tokenizing in this call
 
-    @property
-    def source_description(self) -> str:
-        return self.description
-
     def summary(self) -> dict[str, Any]:
         """Plain values for the run's config and W&B: source, fallback, sizes, files."""
         return {

@@ -1,2 +1,3 @@
 """The GPT-OSS architecture: its config, the model and its pieces (attention, mixture of
-experts, losses), the tokenizer, sampling, the Hugging Face format and size estimates."""
+experts, losses), number formats, the tokenizer, sampling, the Hugging Face format and size
+estimates."""

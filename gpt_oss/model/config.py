@@ -20,9 +20,6 @@ class ConfigError(ValueError):
     """A configuration value is out of its valid range; the message names the field."""
 
 
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-
-
 def resolve_device(name: str, option: str = "device") -> torch.device:
     """auto = cuda when present, else cpu; an unavailable cuda is an error (naming option), not
     a fallback."""
@@ -37,17 +34,6 @@ def resolve_device(name: str, option: str = "device") -> torch.device:
             f"{option}={name!r} is invalid: CUDA is not available here (use cpu or auto)"
         )
     return device
-
-
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    """auto = bf16 on cuda (a 20B model then fits one 80 GB GPU), fp32 elsewhere."""
-    if name == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    if name not in DTYPES:
-        raise ConfigError(
-            f"dtype={name!r} is invalid: valid are ['auto', {', '.join(map(repr, DTYPES))}]"
-        )
-    return DTYPES[name]
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """Training on several processes: joining them, wrapping the model (DDP or FSDP2), activation
-checkpointing, and sharded checkpoints (torch.distributed.checkpoint)
-with their consolidation into one file.
+checkpointing, and sharded checkpoints (torch.distributed.checkpoint) with their consolidation
+into one file. Rank 0 preparing the data for all ranks is data.prepare.prepare_data.
 
 Processes come from torchrun (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT) or from
 SLURM (SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID, the first host of SLURM_JOB_NODELIST), one per

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from gpt_oss.model.config import IMPLEMENTATION_FIELDS, ConfigError, resolve_device
 from gpt_oss.model.hf import CheckpointError
 from gpt_oss.model.model import GptOss
+from gpt_oss.model.precision import PRECISIONS, autocast_dtype, resolve_precision
 from gpt_oss.studies.plots import plot_losses
 from gpt_oss.training.checkpoint import read_checkpoint, save_checkpoint
 from gpt_oss.training.distributed import (
@@ -47,7 +48,6 @@ from gpt_oss.training.tracking import MetricsFile, NullLogger, read_metrics
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 NAN_POLICIES = ("error", "skip")
 
 
@@ -157,6 +157,7 @@ class ValBatches(Protocol):
 
     # UTF-8 bytes per token of the split, for bits per byte; None: unknown (bpb is NaN)
     bytes_per_token: float | None
+    num_target_tokens: int  # target tokens one pass scores, all ranks together
 
     def rank_batches(
         self, rank: int, world_size: int
@@ -169,13 +170,6 @@ class ValBatches(Protocol):
 def training_device(config: TrainerConfig, world: World) -> torch.device:
     """The device this rank trains on (and its loaders put batches on)."""
     return rank_device(resolve_device(config.device, "trainer.device"), world)
-
-
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """None = plain float32; otherwise the autocast dtype."""
-    if precision == "auto":
-        precision = "bf16" if device.type == "cuda" else "fp32"
-    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[precision]
 
 
 def seed_everything(seed: int) -> None:
@@ -236,7 +230,8 @@ class Trainer:
         self.config = config
         self.run_dir = Path(run_dir)
         self.device = training_device(config, self.world)
-        self.dtype = autocast_dtype(config.precision, self.device)
+        precision = resolve_precision(config.precision, self.device, "trainer.precision")
+        self.dtype = autocast_dtype(precision)  # None: float32, no autocast
         self.model = place_model(model, self.device, config.parallel)
         if config.activation_checkpointing:
             checkpoint_blocks(self.model)
@@ -433,14 +428,14 @@ class Trainer:
     def evaluate(self) -> dict[str, float]:
         """Validation loss, perplexity and bits per byte over the fixed validation windows."""
         self.model.eval()
-        loss_sum, tokens = 0.0, 0
+        loss_sum = 0.0
         batches = self.val_loader.rank_batches(self.world.rank, self.world.size)
         for inputs, targets, weight in batches:  # this rank's share
             with self._autocast():
                 out = self.model.loss(inputs, targets)
             loss_sum += out.ce.item() * targets.numel() * weight
-            tokens += targets.numel() * weight
-        loss_sum, tokens = sum_floats((loss_sum, tokens), self.device)
+        (loss_sum,) = sum_floats((loss_sum,), self.device)
+        tokens = self.val_loader.num_target_tokens  # all ranks' shares together
         loss = loss_sum / tokens
         bytes_per_token = self.val_loader.bytes_per_token
         num_bytes = math.nan if bytes_per_token is None else tokens * bytes_per_token
