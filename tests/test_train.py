@@ -22,6 +22,7 @@ from gpt_oss.model.config import ConfigError
 from gpt_oss.model.hf import CheckpointError
 from gpt_oss.schema import build
 from gpt_oss.train import run
+from gpt_oss.training.checkpoint import read_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
@@ -54,7 +55,8 @@ def test_every_config_in_conf_composes():
     for group, options in groups.items():
         for option in options:
             cfg = compose_run(f"{group}={option}")
-            assert cfg[group] is not None, (group, option)
+            if group not in ("experiment", "debug", "hparams_search"):  # those are _global_
+                assert cfg[group] is not None, (group, option)
             parts = build(cfg)  # instantiates and validates every group
             assert parts["model_config"].num_hidden_layers >= 1
 
@@ -176,7 +178,7 @@ def test_a_diverging_run_keeps_only_finite_checkpoints_and_says_which_step_they_
     assert found, str(caught.value)
     assert int(found[3]) == int(found[2]) - 1  # the step before the one that diverged
     for name in ("last", "best"):
-        checkpoint = torch.load(tmp_path / "run" / "checkpoints" / f"{name}.pt", weights_only=False)
+        checkpoint = read_checkpoint(tmp_path / "run" / "checkpoints" / f"{name}.pt")
         tensors = [*checkpoint["model"].values()]
         tensors += [t for state in checkpoint["optimizer"]["state"].values() for t in state.values()]
         assert all(torch.isfinite(t).all() for t in tensors if t.is_floating_point()), name
@@ -189,21 +191,6 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_checkpoint(tmp_path):
     cfg = compose_run(*tiny_overrides(tmp_path, "trainer.max_steps=6", "optimizer.lr=1e30", "trainer.grad_clip=0"))
     with pytest.raises(TrainingDiverged, match=r"at step \d+"):
         run(cfg, tmp_path / "run")
-
-
-def test_wandb_offline_run_holds_metrics_and_config(tmp_path, monkeypatch):
-    monkeypatch.delenv("WANDB_API_KEY", raising=False)
-    monkeypatch.setenv("WANDB_SILENT", "true")
-    cfg = compose_run(*tiny_overrides(tmp_path, "logger=wandb", "logger.mode=offline", "trainer.max_steps=4"))
-    run_dir = tmp_path / "run"
-    run(cfg, run_dir)
-    offline = list((run_dir / "wandb").glob("offline-run-*"))
-    assert len(offline) == 1
-    files = list(offline[0].glob("*.wandb"))
-    assert files and files[0].stat().st_size > 0
-    text = files[0].read_bytes()  # W&B's own log format: protobuf records, keys in clear
-    assert b"train/loss" in text and b"val/loss" in text and b"model.hidden_size" in text
-    assert torch.load(run_dir / "checkpoints" / "last.pt", weights_only=False)["wandb_run_id"]
 
 
 # --- signals: SIGTERM, SIGINT, SIGUSR1 stop after a whole step, write last, say how to resume
@@ -273,7 +260,7 @@ def test_a_signal_stops_after_the_step_writes_last_and_the_printed_command_resum
     assert proc.returncode == 128 + signum, out  # 143, 130, 138: an unfinished run
     stopped = int(re.search(rf"{signum.name} stopped the run after step (\d+) of 10", out)[1])
     assert stopped in (logged, logged + 1)  # the step in flight is finished, no further
-    assert torch.load(run_dir / "checkpoints" / "last.pt", weights_only=False)["step"] == stopped
+    assert read_checkpoint(run_dir / "checkpoints" / "last.pt")["step"] == stopped
     command = _resume_command(out)
     assert command[-2:] == [f"hydra.run.dir={run_dir}", "trainer.resume=auto"]
     resumed = subprocess.run(command, cwd=signal_workdir, capture_output=True, text=True, timeout=600)
