@@ -1,8 +1,8 @@
 """gpt-oss-lab: GPT-OSS-architecture MoE language models, trained from scratch."""
 
-from gpt_oss.checkpoint import load_model
 from gpt_oss.config import ConfigError, ModelConfig
 from gpt_oss.hf import export_hf, import_hf
+from gpt_oss.loading import load_model
 from gpt_oss.model import GptOss
 from gpt_oss.tokenizer import get_tokenizer
 

@@ -17,21 +17,15 @@ from pathlib import Path
 
 import torch
 
-from gpt_oss.checkpoint import save_checkpoint
+from gpt_oss.checkpoint import (
+    CheckpointError,
+    find_checkpoint,
+    no_checkpoint_message,
+    save_checkpoint,
+)
+from gpt_oss.checkpoint_sharded import consolidate
 from gpt_oss.config import DTYPES
-from gpt_oss.distributed import consolidate, sharded_checkpoint
-from gpt_oss.hf import CheckpointError, export_hf
-
-
-def find_sharded(path: Path) -> Path:
-    """A sharded checkpoint: `path` itself, or a run directory's checkpoints/best (else last)."""
-    for candidate in (path, path / "checkpoints" / "best", path / "checkpoints" / "last"):
-        if found := sharded_checkpoint(candidate):
-            return found
-    raise CheckpointError(
-        f"no sharded checkpoint at {path}: expected a run directory of a trainer.parallel=ddp|fsdp "
-        "run (with checkpoints/best/ or checkpoints/last/) or one of those directories"
-    )
+from gpt_oss.hf import export_hf
 
 
 def consolidate_checkpoint(
@@ -42,7 +36,12 @@ def consolidate_checkpoint(
 ) -> Path:
     """Write the sharded checkpoint at `path` as one .pt file (and optionally a Hugging Face
     directory); returns the .pt path."""
-    directory = find_sharded(Path(path))
+    directory = find_checkpoint(path, ("best", "last"), sharded=True)
+    if directory is None:
+        raise CheckpointError(
+            no_checkpoint_message(path, ("best", "last"), sharded=True)
+            + " (of a trainer.parallel=ddp|fsdp run)"
+        )
     model, state = consolidate(directory, dtype)
     if out is None:
         out = directory.with_name(directory.name.removesuffix(".old") + ".pt")

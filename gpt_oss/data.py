@@ -54,6 +54,7 @@ from urllib.parse import urlparse
 import numpy as np
 import torch
 
+from gpt_oss.files import remove_stale_temporaries, temporary_path
 from gpt_oss.synthetic import generate_stories
 from gpt_oss.tokenizer import ENCODING_NAME, ENDOFTEXT_ID, VOCAB_SIZE, get_tokenizer
 
@@ -221,6 +222,27 @@ def read_metadata(bin_path: Path) -> dict[str, Any] | None:
     return metadata
 
 
+def metadata_checksum(metadata: dict[str, Any]) -> str:
+    """sha256 of the metadata's other fields (canonical JSON), stored as metadata_sha256: an
+    edited count (num_bytes changes bits per byte) is refused like a damaged .bin."""
+    fields = {k: v for k, v in metadata.items() if k != "metadata_sha256"}
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
+
+
+def _check_metadata(bin_path: Path, metadata: dict[str, Any]) -> None:
+    meta_path = bin_path.with_suffix(".json")
+    if "metadata_sha256" not in metadata:
+        raise DataError(
+            f"{meta_path} has no metadata_sha256 (written by an older gpt-oss-lab): delete "
+            f"{bin_path.parent} to prepare again"
+        )
+    if metadata["metadata_sha256"] != metadata_checksum(metadata):
+        raise DataError(
+            f"{meta_path} was edited or is corrupt: its fields no longer match its "
+            f"metadata_sha256. Delete {bin_path.parent} to prepare again."
+        )
+
+
 @dataclass
 class TokenFile:
     """One split's tokens: a read-only uint32 memmap plus the metadata that describes it."""
@@ -238,6 +260,7 @@ class TokenFile:
             raise DataError(
                 f"{path.with_suffix('.json')} does not exist: {path} was never fully prepared"
             )
+        _check_metadata(path, metadata)
         expected = int(metadata["num_tokens"]) * 4
         if not path.is_file():
             raise DataError(f"{path} is missing although {path.with_suffix('.json')} describes it")
@@ -487,7 +510,7 @@ def _fsync_directory(directory: Path) -> None:
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = temporary_path(path)
     try:
         with open(tmp, "w") as handle:
             handle.write(text)
@@ -527,7 +550,7 @@ def _write_split(
     bin_path = directory / f"{split}.bin"
     # Stale metadata must not outlive the .bin it described.
     bin_path.with_suffix(".json").unlink(missing_ok=True)
-    tmp = directory / f".{split}.bin.{os.getpid()}.tmp"
+    tmp = temporary_path(bin_path)
     digest, totals, start = hashlib.sha256(), np.zeros(3, dtype=np.int64), time.perf_counter()
     bar = tqdm(total=len(documents), unit="doc", desc=f"{plan.name}/{split}", disable=not progress)
     try:
@@ -567,6 +590,7 @@ def _write_split(
         "seconds": round(seconds, 3),
         "tokens_per_second": round(totals[0] / max(seconds, 1e-9)),
     }
+    metadata["metadata_sha256"] = metadata_checksum(metadata)
     _atomic_write_text(bin_path.with_suffix(".json"), json.dumps(metadata, indent=2) + "\n")
     _fsync_directory(directory)
     return TokenFile.open(bin_path, verify_checksum="never")  # just computed: no need to re-read
@@ -581,6 +605,8 @@ def _stale_reason(metadata: dict[str, Any], plan: _Plan) -> str | None:
     for key, value in expected.items():
         if metadata.get(key) != value:
             return f"{key} is {metadata.get(key)!r}, now {value!r}"
+    if "metadata_sha256" not in metadata:
+        return "written by an older version, without metadata_sha256"
     return None
 
 
@@ -642,7 +668,10 @@ def _prepared(
 
 
 def _prepare_plan(plan: _Plan, root: Path, config: DataConfig, progress: bool) -> PreparedData:
-    """Reuse what is prepared and valid; tokenize the missing or stale splits."""
+    """Reuse what is prepared and valid; tokenize the missing or stale splits. Temporaries of
+    killed preparations (.train.bin.<pid>.tmp) are removed first."""
+    for stale in remove_stale_temporaries(plan.directory(root)):
+        log.info("removed %s, left by a preparation that was killed", stale)
     if prepared := _load_prepared(plan, root, config):
         return prepared
     directory = plan.directory(root)

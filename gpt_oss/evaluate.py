@@ -25,11 +25,11 @@ import torch.nn.functional as F
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig
 
-from gpt_oss.checkpoint import load_with_run_config
+from gpt_oss.checkpoint import CheckpointError
 from gpt_oss.config import ConfigError, resolve_device
 from gpt_oss.data import encode_text
 from gpt_oss.generate import resolve_dtype
-from gpt_oss.hf import CheckpointError
+from gpt_oss.loading import load_with_run_config
 from gpt_oss.losses import IGNORE_INDEX
 from gpt_oss.metrics import bits_per_byte
 from gpt_oss.model import GptOss

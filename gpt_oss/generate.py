@@ -21,9 +21,9 @@ import torch
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig
 
-from gpt_oss.checkpoint import load_with_run_config
+from gpt_oss.checkpoint import CheckpointError
 from gpt_oss.config import DTYPES, ConfigError, resolve_device
-from gpt_oss.hf import CheckpointError
+from gpt_oss.loading import load_with_run_config
 from gpt_oss.model import GptOss
 from gpt_oss.sampling import Generation, SamplingConfig, StreamDecoder, TokenCallback, generate
 from gpt_oss.tokenizer import get_tokenizer

@@ -21,7 +21,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from test_train import compose_run, read_records, tiny_overrides
 
-from gpt_oss.checkpoint import load_model, read_checkpoint
+from gpt_oss.checkpoint import CheckpointError, find_checkpoint, read_checkpoint, resolve_resume
 from gpt_oss.config import ConfigError
 from gpt_oss.consolidate import consolidate_checkpoint
 from gpt_oss.consolidate import main as consolidate_main
@@ -32,7 +32,6 @@ from gpt_oss.distributed import (
     first_host,
     launch_env,
     launch_world,
-    sharded_checkpoint,
     val_batches,
 )
 from gpt_oss.hf import import_hf
@@ -42,8 +41,9 @@ from gpt_oss.info import (
     parameter_counts,
     training_memory,
 )
+from gpt_oss.loading import load_model
 from gpt_oss.train import follower_overrides, run
-from gpt_oss.trainer import TrainerConfig, resume_checkpoint
+from gpt_oss.trainer import TrainerConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 FULL = dict(
@@ -135,9 +135,11 @@ def test_a_save_cut_between_its_renames_resumes_from_the_previous_checkpoint(tmp
     old = tmp_path / "checkpoints" / "last.old"
     old.mkdir(parents=True)
     (old / "trainer.pt").write_bytes(b"")
-    assert sharded_checkpoint(tmp_path / "checkpoints" / "last") == old
-    assert resume_checkpoint("auto", tmp_path, sharded=True) == old
-    assert resume_checkpoint("auto", tmp_path, sharded=False) is None
+    assert find_checkpoint(tmp_path / "checkpoints" / "last", names=(), sharded=True) == old
+    assert resolve_resume("auto", tmp_path, sharded=True) == old
+    assert find_checkpoint(tmp_path, ("last",), sharded=False) is None
+    with pytest.raises(CheckpointError, match="is a sharded checkpoint"):  # not a fresh start
+        resolve_resume("auto", tmp_path, sharded=False)
 
 
 # --- activation checkpointing --------------------------------------------------------------

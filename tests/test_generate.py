@@ -19,10 +19,11 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from safetensors.torch import load_file, save_file
 
-from gpt_oss.checkpoint import load_with_run_config, save_checkpoint
+from gpt_oss.checkpoint import save_checkpoint
 from gpt_oss.config import ConfigError
 from gpt_oss.generate import encode_prompt, run, token_id
 from gpt_oss.hf import dequantize_mxfp4, export_hf
+from gpt_oss.loading import load_with_run_config
 from gpt_oss.model import KVCache
 from gpt_oss.sampling import (
     SamplingConfig,

@@ -14,8 +14,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from gpt_oss.checkpoint import load_model, save_checkpoint
-from gpt_oss.hf import CheckpointError, config_from_hf, export_hf, import_hf
+from gpt_oss.checkpoint import CheckpointError, save_checkpoint
+from gpt_oss.hf import config_from_hf, export_hf, import_hf
+from gpt_oss.loading import load_model
 
 transformers = pytest.importorskip("transformers")
 

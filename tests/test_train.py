@@ -15,8 +15,8 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 
+from gpt_oss.checkpoint import CheckpointError
 from gpt_oss.config import ConfigError
-from gpt_oss.hf import CheckpointError
 from gpt_oss.train import build, run
 
 ROOT = Path(__file__).resolve().parents[1]
