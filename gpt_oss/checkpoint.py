@@ -68,7 +68,7 @@ def atomic_save(payload: Any, path: str | Path) -> Path:
             path, lambda f: torch.save(payload, f), payload_bytes(payload) + _ZIP_OVERHEAD
         )
     except DiskFullError as error:
-        raise CheckpointError(error.strerror) from error
+        raise CheckpointError(str(error)) from error
     finally:
         torch.serialization.set_crc32_options(crc)
 

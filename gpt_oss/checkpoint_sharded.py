@@ -240,16 +240,18 @@ def _safe_planner() -> Any:
 
 
 def _dcp_load(state: dict[str, Any], directory: Path) -> None:
+    """dcp.load through the safe reader and planner; failures as a CheckpointError."""
     import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.api import CheckpointException
 
+    reader = _safe_reader(directory)
+    reader.read_metadata()  # our error, not DCP's wrapping of it, for a refused .metadata
     with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
         warnings.filterwarnings("ignore", message="torch.distributed is disabled")
-        dcp.load(
-            state,
-            storage_reader=_safe_reader(directory),
-            planner=_safe_planner(),
-            no_dist=not _in_group(),
-        )
+        try:
+            dcp.load(state, storage_reader=reader, planner=_safe_planner(), no_dist=not _in_group())
+        except CheckpointException as error:
+            raise CheckpointError(f"sharded checkpoint {directory} cannot be loaded: {error}") from error
 
 
 def load_sharded(

@@ -26,6 +26,9 @@ _OUT_OF_SPACE = (errno.ENOSPC, errno.EDQUOT)
 class DiskFullError(OSError):
     """No space left on device (or quota exceeded) for a write; says where and how much."""
 
+    def __str__(self) -> str:
+        return str(self.strerror)
+
 
 def temporary_path(path: str | Path) -> Path:
     """The temporary name a write of `path` goes to before it is renamed into place."""
@@ -118,11 +121,11 @@ def atomic_write(
     except (OSError, RuntimeError) as error:  # torch's writer wraps ENOSPC in a RuntimeError
         if _out_of_space(error, tmp):
             written = tmp.stat().st_size if tmp.exists() else 0
-            needed = f"about {format_bytes(needed_bytes)}" if needed_bytes else "more"
+            needed = f"it needs about {format_bytes(needed_bytes)}, " if needed_bytes else ""
             raise DiskFullError(
                 errno.ENOSPC,
-                f"no space left on device writing {path}: it needs {needed}, the disk filled "
-                f"after {format_bytes(written)}; free some space (or write elsewhere) and run again",
+                f"no space left on device writing {path}: {needed}the disk filled after "
+                f"{format_bytes(written)}; free some space (or write elsewhere) and run again",
             ) from error
         raise
     finally:

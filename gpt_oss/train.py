@@ -263,7 +263,8 @@ def resume_config(cfg: DictConfig, overrides: list[str], run_dir: Path) -> tuple
             continue
         node = {k: v for k, v in saved[group].items() if group not in TYPED_GROUPS or k in cfg[group]}
         if group in given:
-            _check_group_choice(group, cfg, node, given)
+            choice = next(o.value() for o in parsed if o.key_or_group == group)
+            _check_group_choice(f"{group}={choice}", cfg[group], node, given)
         for key in given:
             if key.startswith(f"{group}."):
                 node = _with_override(node, key.removeprefix(f"{group}."), OmegaConf.select(cfg, key))
@@ -279,14 +280,15 @@ def _with_override(node: dict[str, Any], key: str, value: Any) -> dict[str, Any]
     return OmegaConf.to_container(config)
 
 
-def _check_group_choice(group: str, cfg: DictConfig, saved: dict[str, Any], given: list[str]) -> None:
-    now = OmegaConf.to_container(cfg[group], resolve=True)
-    for key, value in now.items():
+def _check_group_choice(choice: str, node: DictConfig, saved: dict[str, Any], given: list[str]) -> None:
+    """ConfigError when the group chosen now differs from the run's in a field not set now."""
+    group = choice.split("=", 1)[0]
+    for key, value in OmegaConf.to_container(node, resolve=True).items():
         if f"{group}.{key}" not in given and saved.get(key, value) != value:
             raise ConfigError(
-                f"{group}=... on a resume would change {group}.{key} from {saved[key]!r} to "
-                f"{value!r}: a resume keeps the run's {group}; drop the {group} choice (set single "
-                f"fields with {group}.<field>=...), or start a new run"
+                f"{choice} on a resume would change {group}.{key} from {saved[key]!r} to "
+                f"{value!r}: a resume keeps the run's {group}; drop {choice} (set single fields "
+                f"with {group}.<field>=...), or start a new run"
             )
 
 
