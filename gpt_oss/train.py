@@ -268,7 +268,11 @@ def resume_config(cfg: DictConfig, overrides: list[str], run_dir: Path) -> tuple
         for key in given:
             if key.startswith(f"{group}."):
                 node = _with_override(node, key.removeprefix(f"{group}."), OmegaConf.select(cfg, key))
-        merged[group] = node
+        if group in TYPED_GROUPS:  # a schema dataclass: set field by field
+            for key, value in node.items():
+                merged[group][key] = value
+        else:
+            merged[group] = node
     if "name" in saved and "name" not in given:
         merged.name = saved["name"]
     return merged, _changes(saved, merged)

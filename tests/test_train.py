@@ -11,11 +11,10 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 
-from gpt_oss.checkpoint import CheckpointError
+from gpt_oss.checkpoint import CheckpointError, read_checkpoint
 from gpt_oss.config import ConfigError
 from gpt_oss.train import build, run
 
@@ -173,4 +172,4 @@ def test_wandb_offline_run_holds_metrics_and_config(tmp_path, monkeypatch):
     assert files and files[0].stat().st_size > 0
     text = files[0].read_bytes()  # W&B's own log format: protobuf records, keys in clear
     assert b"train/loss" in text and b"val/loss" in text and b"model.hidden_size" in text
-    assert torch.load(run_dir / "checkpoints" / "last.pt", weights_only=False)["wandb_run_id"]
+    assert read_checkpoint(run_dir / "checkpoints" / "last.pt")["wandb_run_id"]
