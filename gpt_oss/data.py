@@ -54,7 +54,7 @@ from urllib.parse import urlparse
 import numpy as np
 import torch
 
-from gpt_oss.files import remove_stale_temporaries, temporary_path
+from gpt_oss.files import remove_stale_temporaries, temporary_path, utf8_error, utf8_message
 from gpt_oss.synthetic import generate_stories
 from gpt_oss.tokenizer import ENCODING_NAME, ENDOFTEXT_ID, VOCAB_SIZE, get_tokenizer
 
@@ -775,6 +775,15 @@ def _file_identity(path: Path) -> list[Any]:
 
 
 def _load_file(path: Path, config: DataConfig, hf_cache: Path) -> Documents:
+    """One input file through `datasets`; a text or JSON file that is not UTF-8 is a DataError
+    naming the file and the first bad byte's offset (datasets' errors name neither, and for
+    JSON come only when the text is read). Checked only when preparing."""
+    if FILE_KINDS[path.suffix.lower()] != "parquet" and (where := utf8_error(path)):
+        raise DataError(utf8_message(path, where))
+    return _load_with_datasets(path, config, hf_cache)
+
+
+def _load_with_datasets(path: Path, config: DataConfig, hf_cache: Path) -> Documents:
     """One input file through `datasets` (text / json / parquet builders)."""
     import datasets
 

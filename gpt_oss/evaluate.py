@@ -28,6 +28,7 @@ from omegaconf import MISSING, DictConfig
 from gpt_oss.checkpoint import CheckpointError
 from gpt_oss.config import ConfigError, resolve_device
 from gpt_oss.data import encode_text
+from gpt_oss.files import utf8_error, utf8_message
 from gpt_oss.generate import resolve_dtype
 from gpt_oss.loading import load_with_run_config
 from gpt_oss.losses import IGNORE_INDEX
@@ -102,7 +103,10 @@ def read_documents(
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"text_file={str(path)!r} does not exist")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"text_file: {utf8_message(path, utf8_error(path))}") from error
     if path.suffix == ".jsonl":
         documents = []
         for number, line in enumerate(text.splitlines(), 1):

@@ -6,10 +6,13 @@ A temporary is named `.<target name>.<pid>@<host>.tmp` (`.last.pt.4242@node1.tmp
 process can tell whether its writer is still alive: on the same host, `kill(pid, 0)` answers;
 a temporary of another host (a shared filesystem) is left alone, since its writer may be alive
 there. Names without `@<host>` (`.train.bin.4242.tmp`, older versions) count as this host's.
+
+Also here: where a text file stops being UTF-8, for errors that name the file and the byte.
 """
 
 from __future__ import annotations
 
+import codecs
 import errno
 import os
 import re
@@ -145,3 +148,40 @@ def _out_of_space(error: BaseException, tmp: Path) -> bool:
     except OSError:
         return False
     return usage.f_bavail * usage.f_frsize < 64 * 1024  # less than a block or two left
+
+
+def utf8_error(path: str | Path, block_bytes: int = 16 << 20) -> str | None:
+    """Where a file stops being UTF-8 ("byte 0xff at offset 1234 (line 7)"), None when it is
+    valid; read in blocks, so memory stays flat for large files."""
+    offset, pending = 0, b""
+    with open(path, "rb") as handle:
+        while True:
+            block = handle.read(block_bytes)
+            data = pending + block
+            if data.isascii():  # most of most corpora: no decoding needed
+                offset, pending = offset + len(data), b""
+                if not block:
+                    return None
+                continue
+            try:
+                _, consumed = codecs.utf_8_decode(data, "strict", not block)
+            except UnicodeDecodeError as error:
+                bad = offset + error.start
+                return f"byte 0x{data[error.start]:02x} at offset {bad} (line {_line_of(path, bad)})"
+            offset, pending = offset + consumed, data[consumed:]
+            if not block:
+                return None
+
+
+def _line_of(path: str | Path, offset: int) -> int:
+    """The 1-based line number of byte `offset`."""
+    with open(path, "rb") as handle:
+        return handle.read(offset).count(b"\n") + 1
+
+
+def utf8_message(path: str | Path, where: str) -> str:
+    """The error text for a file that is not UTF-8 (where: from utf8_error)."""
+    return (
+        f"{path} is not UTF-8 text: {where} is invalid; convert the file to UTF-8 "
+        "(e.g. `iconv -f latin1 -t utf-8`) or fix that line"
+    )

@@ -23,6 +23,7 @@ from omegaconf import MISSING, DictConfig
 
 from gpt_oss.checkpoint import CheckpointError
 from gpt_oss.config import DTYPES, ConfigError, resolve_device
+from gpt_oss.files import utf8_error, utf8_message
 from gpt_oss.loading import load_with_run_config
 from gpt_oss.model import GptOss
 from gpt_oss.sampling import Generation, SamplingConfig, StreamDecoder, TokenCallback, generate
@@ -70,7 +71,11 @@ def read_prompts(path: str | Path) -> list[str]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"prompts_file={str(path)!r} does not exist")
-    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"prompts_file: {utf8_message(path, utf8_error(path))}") from error
+    lines = [line for line in text.splitlines() if line.strip()]
     if path.suffix != ".jsonl":
         return lines
     prompts = []
