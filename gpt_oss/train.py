@@ -104,13 +104,15 @@ def provenance() -> dict[str, Any]:
     return {"torch": str(torch.__version__), "python": sys.version.split()[0], "git_commit": commit}
 
 
-def run(cfg: DictConfig, run_dir: str | Path, resume_changes: list[str] | None = None) -> dict[str, Any]:
+def run(cfg: DictConfig, run_dir: str | Path, overrides: list[str] | None = None) -> dict[str, Any]:
     """Validate, check the checkpoint to resume, prepare data, build, train; returns the
     trainer's summary (a resumed run that had already finished: its state, untouched).
 
-    With trainer.parallel=ddp|fsdp every process that torchrun or SLURM started runs this; they
-    join one process group and train in rank 0's run directory, which rank 0 alone writes.
-    resume_changes (resume_config's) are reported once the checkpoint is known to fit.
+    overrides: the command line's, as typed (main passes Hydra's): with trainer.resume, the
+    continued run's saved config with only these applied (resume_config). None: cfg is the
+    whole config. With trainer.parallel=ddp|fsdp every process that torchrun or SLURM started
+    runs this; they join one process group and train in rank 0's run directory, which rank 0
+    alone writes.
     """
     from gpt_oss.config import resolve_device
 
@@ -118,10 +120,14 @@ def run(cfg: DictConfig, run_dir: str | Path, resume_changes: list[str] | None =
     trainer_config = parts["trainer_config"]
     with distributed.process_group(trainer_config.parallel, resolve_device(trainer_config.device, "trainer.device")) as world:
         run_dir = Path(distributed.broadcast_object(str(run_dir)))  # rank 0's ${now:...} wins
+        changes: list[str] = []
+        if overrides is not None:  # after the broadcast: trainer.resume=auto means rank 0's dir
+            cfg, changes = resume_config(cfg, overrides, run_dir)
+            parts = build(cfg)
         if finished := check_resume(cfg, parts, run_dir):  # before anything is prepared or written
             return finished
         if world.is_main:
-            for change in resume_changes or []:
+            for change in changes:
                 log.info("resume: %s", change)
         if not world.is_main:
             _drop_log_files()
@@ -232,6 +238,8 @@ def pin_sweep_gpu() -> str | None:
 
 
 RUN_GROUPS = ("model", "data", "optimizer", "schedule", "trainer", "logger")
+# How to run, not what: taken from today's command line, never from the continued run.
+LAUNCH_FIELDS = ("trainer.resume", "trainer.parallel", "trainer.device", "trainer.progress")
 TYPED_GROUPS = ("model", "data", "trainer")  # schema dataclasses: only their fields are kept
 HYDRA_RECORD = ".hydra"  # written by write_hydra_record once the run starts (not by Hydra)
 
@@ -243,7 +251,8 @@ def resume_config(cfg: DictConfig, overrides: list[str], run_dir: Path) -> tuple
 
     A group choice given now (model=tiny, ...) must select what the run already has: a resume
     keeps the run's model, data, optimizer, schedule and trainer (ConfigError naming the field
-    it would change), except logger=..., which only changes where metrics go.
+    it would change), except logger=..., which only changes where metrics go. LAUNCH_FIELDS
+    are today's.
     """
     trainer = cfg.trainer
     if not trainer.resume:
@@ -275,6 +284,8 @@ def resume_config(cfg: DictConfig, overrides: list[str], run_dir: Path) -> tuple
             merged[group] = node
     if "name" in saved and "name" not in given:
         merged.name = saved["name"]
+    for key in LAUNCH_FIELDS:
+        OmegaConf.update(merged, key, OmegaConf.select(cfg, key))
     return merged, _changes(saved, merged)
 
 
@@ -288,7 +299,8 @@ def _check_group_choice(choice: str, node: DictConfig, saved: dict[str, Any], gi
     """ConfigError when the group chosen now differs from the run's in a field not set now."""
     group = choice.split("=", 1)[0]
     for key, value in OmegaConf.to_container(node, resolve=True).items():
-        if f"{group}.{key}" not in given and saved.get(key, value) != value:
+        name = f"{group}.{key}"
+        if name not in given and name not in LAUNCH_FIELDS and saved.get(key, value) != value:
             raise ConfigError(
                 f"{choice} on a resume would change {group}.{key} from {saved[key]!r} to "
                 f"{value!r}: a resume keeps the run's {group}; drop {choice} (set single fields "
@@ -340,8 +352,7 @@ def main(cfg: DictConfig) -> float:
     hc = HydraConfig.get()
     run_dir, overrides = Path(hc.runtime.output_dir), list(hc.overrides.task)
     try:
-        cfg, changes = resume_config(cfg, overrides, run_dir)
-        summary = run(cfg, run_dir, changes)
+        summary = run(cfg, run_dir, overrides)
     except (ConfigError, CheckpointError, InterpolationResolutionError, _data_error()) as error:
         # stderr, not the log file: a refused resume leaves its run directory as it was
         print(f"{type(error).__name__}: {error}", file=sys.stderr, flush=True)
