@@ -3,7 +3,7 @@
     python -m gpt_oss.bench model=mini trainer.batch_size=2 trainer.seq_len=256 bench.compare=hf
 
 Each measurement runs in a fresh worker process, so its peak memory is its own: ours through
-gpt_oss.trainer.Trainer.train_step (forward, backward, clipping, optimizer) on random tokens,
+gpt_oss.training.trainer.Trainer.train_step (forward, backward, clipping, optimizer) on random tokens,
 and with bench.compare=hf transformers' GptOssForCausalLM of the same shape, precision and
 optimizer. The output is a table, then as its last line one JSON object.
 
@@ -32,14 +32,18 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 from torch.autograd import DeviceType
 
-from gpt_oss.config import ConfigError, ModelConfig
-from gpt_oss.metrics import flops_per_token, peak_flops, synchronize
-from gpt_oss.schema import RunConfig
-from gpt_oss.train import build
+from gpt_oss.model.config import ConfigError, ModelConfig
+from gpt_oss.model.precision import (
+    PRECISIONS,
+    autocast_dtype,
+    cpu_has_native_bf16,
+    resolve_precision,
+)
+from gpt_oss.schema import RunConfig, build
+from gpt_oss.training.metrics import flops_per_token, peak_flops, synchronize
 
 log = logging.getLogger("gpt_oss.bench")
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 COMPARES = (None, "hf")
 HF_ATTENTION = ("auto", "eager", "sdpa", "flex_attention")
 RESULT_PREFIX = "BENCH_RESULT "  # the worker's answer line on stdout
@@ -102,7 +106,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     bench.validate()
     trainer = parts["trainer_config"]
     device = _device(trainer.device)
-    precisions = [resolve_precision(p, device) for p in bench.precisions()]
+    # auto: bf16 wherever bf16 matmuls are native (a CPU with AMX/AVX512-BF16 too)
+    precisions = [
+        resolve_precision(p, device, "bench.precision", native_cpu_bf16=True)
+        for p in bench.precisions()
+    ]
     container = OmegaConf.to_container(cfg, resolve=True)
     rows = []
     for precision in dict.fromkeys(precisions):  # each once, in the order given
@@ -115,23 +123,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     return report
 
 
-def resolve_precision(name: str, device: torch.device) -> str:
-    """auto = bf16 autocast where bf16 matmuls are native (CUDA, or a CPU with AMX/AVX512-BF16)."""
-    if name != "auto":
-        return name
-    if device.type == "cuda":
-        return "bf16"
-    return "bf16" if device.type == "cpu" and cpu_has_native_bf16() else "fp32"
-
-
-def cpu_has_native_bf16() -> bool:
-    """True when oneDNN runs bf16 matmuls in hardware on this CPU (not emulated)."""
-    check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
-    return bool(torch.backends.mkldnn.is_available() and check is not None and check())
-
-
 def _device(name: str) -> torch.device:
-    from gpt_oss.config import resolve_device
+    from gpt_oss.model.config import resolve_device
 
     return resolve_device(name, "trainer.device")
 
@@ -255,8 +248,8 @@ def worker_main() -> None:
 
 def measure_ours(spec: dict[str, Any]) -> dict[str, Any]:
     """Trainer.train_step, exactly as training runs it, on random tokens."""
-    from gpt_oss.model import GptOss
-    from gpt_oss.trainer import Trainer, seed_everything
+    from gpt_oss.model.model import GptOss
+    from gpt_oss.training.trainer import Trainer, seed_everything
 
     cfg = OmegaConf.create(spec["config"])
     parts = build(cfg)
@@ -294,8 +287,8 @@ def measure_ours(spec: dict[str, Any]) -> dict[str, Any]:
 
 def measure_hf(spec: dict[str, Any]) -> dict[str, Any]:
     """transformers' GptOssForCausalLM: its own loss (labels), AdamW, clipping, same precision."""
-    from gpt_oss.config import resolve_device
-    from gpt_oss.trainer import autocast_dtype, seed_everything
+    from gpt_oss.model.config import resolve_device
+    from gpt_oss.training.trainer import seed_everything
 
     cfg = OmegaConf.create(spec["config"])
     parts = build(cfg)
@@ -306,12 +299,10 @@ def measure_hf(spec: dict[str, Any]) -> dict[str, Any]:
     attentions = [bench.hf_attention]
     if bench.hf_attention == "auto":
         attentions = ["flex_attention", "eager"] if device.type == "cuda" else ["eager"]
-    dtype = autocast_dtype(spec["precision"], device)
+    dtype = autocast_dtype(spec["precision"])
     batches = random_batches(model_config.vocab_size, trainer_config, bench.seed, device)
     for attention in attentions:
-        step = hf_train_step(
-            model_config, spec["config"]["optimizer"], attention, dtype, device, batches
-        )
+        step = hf_train_step(model_config, parts["optimizer"], attention, dtype, device, batches)
         try:
             times = time_steps(step, bench.warmup_steps, bench.steps, device)
             break
@@ -335,16 +326,17 @@ def measure_hf(spec: dict[str, Any]) -> dict[str, Any]:
 
 def hf_train_step(
     model_config: ModelConfig,
-    optimizer_config: dict,
+    optimizer_factory: Callable[[torch.nn.Module], torch.optim.Optimizer],
     attention: str,
     dtype: torch.dtype | None,
     device: torch.device,
     batches: Callable,
 ) -> Callable:
-    """A closure running one transformers training step; .experts_implementation says which."""
+    """A closure running one transformers training step; .experts_implementation says which.
+    The optimizer is the run's own (optimizer=...), with our parameter groups."""
     import transformers
 
-    from gpt_oss.hf import hf_config
+    from gpt_oss.model.hf import hf_config
 
     config = transformers.GptOssConfig(**hf_config(model_config))
     config.use_cache = False
@@ -352,19 +344,7 @@ def hf_train_step(
         config, attn_implementation=attention, dtype=torch.float32
     )
     model = model.to(device).train()
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "embed_tokens" not in n]
-    no_decay = [
-        p for n, p in model.named_parameters() if not (p.dim() >= 2 and "embed_tokens" not in n)
-    ]
-    optimizer = torch.optim.AdamW(
-        [
-            {"params": decay, "weight_decay": optimizer_config.get("weight_decay", 0.1)},
-            {"params": no_decay, "weight_decay": 0.0},
-        ],
-        lr=optimizer_config.get("lr", 3e-4),
-        betas=tuple(optimizer_config.get("betas", (0.9, 0.95))),
-        fused=device.type in ("cuda", "cpu"),
-    )
+    optimizer = optimizer_factory(named_as_ours(model))
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
 
     def step() -> float:
@@ -381,7 +361,19 @@ def hf_train_step(
         return loss.item()
 
     step.experts_implementation = getattr(model.config, "_experts_implementation", None) or "eager"
+    step.optimizer = optimizer
     return step
+
+
+def named_as_ours(model: torch.nn.Module) -> torch.nn.Module:
+    """transformers' GptOssForCausalLM with our parameter names (no "model." prefix: its
+    module names are the checkpoint keys, as ours are), so the project's optimizer factories
+    and their parameter groups apply to it unchanged. The parameters are the model's own."""
+    view = torch.nn.Module()
+    for name, child in model.model.named_children():
+        view.add_module(name, child)
+    view.add_module("lm_head", model.lm_head)
+    return view
 
 
 def time_steps(step: Callable, warmup: int, steps: int, device: torch.device) -> list[float]:

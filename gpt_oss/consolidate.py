@@ -17,15 +17,15 @@ from pathlib import Path
 
 import torch
 
-from gpt_oss.checkpoint import (
+from gpt_oss.model.hf import export_hf
+from gpt_oss.model.precision import DTYPES
+from gpt_oss.training.checkpoint import (
     CheckpointError,
     find_checkpoint,
     no_checkpoint_message,
     save_checkpoint,
 )
-from gpt_oss.checkpoint_sharded import consolidate
-from gpt_oss.config import DTYPES
-from gpt_oss.hf import export_hf
+from gpt_oss.training.checkpoint_sharded import consolidate
 
 
 def consolidate_checkpoint(

@@ -4,7 +4,7 @@
 
 Documents come from a .jsonl file ({"text": ...} per line) or a text file split at a separator
 (<|endoftext|> by default, as in TinyStories' .txt files). Each document is scored as training
-sees it (gpt_oss.data puts <|endoftext|> before every document): after an <|endoftext|>, with
+sees it (gpt_oss.data.tokens puts <|endoftext|> before every document): after an <|endoftext|>, with
 its end predicted as the next <|endoftext|>. Long documents are
 scored in windows of context_length tokens that move by stride, so every token is scored once
 and, past the first window, with at least context_length - stride tokens of context.
@@ -21,20 +21,19 @@ from typing import Any
 
 import hydra
 import torch
-import torch.nn.functional as F
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig
 
-from gpt_oss.checkpoint import CheckpointError
-from gpt_oss.config import ConfigError, resolve_device
-from gpt_oss.data import encode_text
+from gpt_oss.cli import exit_on_input_error
+from gpt_oss.data.tokens import encode_text
 from gpt_oss.files import utf8_error, utf8_message
-from gpt_oss.generate import resolve_dtype
-from gpt_oss.loading import load_with_run_config
-from gpt_oss.losses import IGNORE_INDEX
-from gpt_oss.metrics import bits_per_byte
-from gpt_oss.model import GptOss
-from gpt_oss.tokenizer import ENDOFTEXT_ID, get_tokenizer
+from gpt_oss.model.config import ConfigError, resolve_device
+from gpt_oss.model.losses import IGNORE_INDEX, linear_cross_entropy
+from gpt_oss.model.model import GptOss
+from gpt_oss.model.precision import DTYPES, resolve_precision
+from gpt_oss.model.tokenizer import ENDOFTEXT_ID, get_tokenizer
+from gpt_oss.training.loading import load_with_run_config
+from gpt_oss.training.metrics import bits_per_byte
 
 DEFAULT_CONTEXT = 1024  # when the checkpoint does not say what it was trained on
 LOSS_CHUNK_TOKENS = 1024  # logits exist for this many tokens at a time (201k vocab: 0.8 GB fp32)
@@ -98,7 +97,7 @@ def read_documents(
     field: str = "text",
     max_documents: int | None = None,
 ) -> list[str]:
-    """Documents of a .jsonl file (one {field: text} per line, as gpt_oss.data reads them) or of
+    """Documents of a .jsonl file (one {field: text} per line, as gpt_oss.data.sources reads them) or of
     a text file split at separator (None = one per line), stripped; empty ones are skipped."""
     path = Path(path)
     if not path.is_file():
@@ -158,24 +157,13 @@ def window_loss_sum(model: GptOss, windows: list[tuple[list[int], list[int]]]) -
         inputs[row, : len(window_inputs)] = torch.tensor(window_inputs)
         targets[row, : len(window_targets)] = torch.tensor(window_targets)
     hidden, _ = model.hidden_states(inputs.to(device))  # (B, T, H)
-    return summed_cross_entropy(
-        hidden.flatten(0, 1), model.lm_head.weight, targets.to(device).flatten()
+    targets = targets.to(device).flatten()  # (B*T,)
+    # The training loss's chunked cross-entropy (float32 logits LOSS_CHUNK_TOKENS rows at a
+    # time), a mean over the scored targets; times their count it is the sum (to ~1e-7).
+    mean = linear_cross_entropy(
+        hidden.flatten(0, 1), model.lm_head.weight, targets, LOSS_CHUNK_TOKENS
     )
-
-
-def summed_cross_entropy(
-    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor
-) -> float:
-    """Sum over targets (IGNORE_INDEX skipped) of -log softmax(hidden @ weight.T), the float32
-    logits formed LOSS_CHUNK_TOKENS rows at a time: a sum, not a mean, so nothing is rescaled."""
-    total = 0.0
-    for start in range(0, hidden.shape[0], LOSS_CHUNK_TOKENS):
-        logits = F.linear(hidden[start : start + LOSS_CHUNK_TOKENS], weight).float()  # (chunk, V)
-        chunk_targets = targets[start : start + LOSS_CHUNK_TOKENS]
-        total += float(
-            F.cross_entropy(logits, chunk_targets, ignore_index=IGNORE_INDEX, reduction="sum")
-        )
-    return total
+    return float(mean) * int((targets != IGNORE_INDEX).sum())
 
 
 def score_documents(
@@ -215,7 +203,7 @@ def run(cfg: DictConfig) -> Score:
     documents = read_documents(cfg.text_file, cfg.separator, cfg.field, cfg.max_documents)
     device = resolve_device(cfg.device)
     model, run_config = load_with_run_config(
-        cfg.checkpoint, device, resolve_dtype(cfg.dtype, device)
+        cfg.checkpoint, device, DTYPES[resolve_precision(cfg.dtype, device, "dtype")]
     )
     context = cfg.context_length or default_context(run_config, model)
     stride = cfg.stride or max(context // 2, 1)
@@ -236,10 +224,7 @@ def run(cfg: DictConfig) -> Score:
 
 @hydra.main(version_base=None, config_path="../conf", config_name="evaluate")
 def main(cfg: DictConfig) -> None:
-    try:
-        run(cfg)
-    except (ConfigError, CheckpointError, ValueError) as error:
-        raise SystemExit(f"{type(error).__name__}: {error}") from error
+    exit_on_input_error(run, cfg)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@
 
 checkpoint is a run directory, one of our .pt files, or a Hugging Face directory (release
 MXFP4 checkpoints included). Thin by design: load, encode, hand the token ids to
-gpt_oss.sampling.generate, print. Generation writes no run directory (see conf/generate.yaml).
+gpt_oss.model.sampling.generate, print. Generation writes no run directory (see conf/generate.yaml).
 """
 
 from __future__ import annotations
@@ -17,17 +17,23 @@ from pathlib import Path
 from typing import TextIO
 
 import hydra
-import torch
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig
 
-from gpt_oss.checkpoint import CheckpointError
-from gpt_oss.config import DTYPES, ConfigError, resolve_device
+from gpt_oss.cli import exit_on_input_error
 from gpt_oss.files import utf8_error, utf8_message
-from gpt_oss.loading import load_with_run_config
-from gpt_oss.model import GptOss
-from gpt_oss.sampling import Generation, SamplingConfig, StreamDecoder, TokenCallback, generate
-from gpt_oss.tokenizer import get_tokenizer
+from gpt_oss.model.config import ConfigError, resolve_device
+from gpt_oss.model.model import GptOss
+from gpt_oss.model.precision import DTYPES, resolve_precision
+from gpt_oss.model.sampling import (
+    Generation,
+    SamplingConfig,
+    StreamDecoder,
+    TokenCallback,
+    generate,
+)
+from gpt_oss.model.tokenizer import get_tokenizer
+from gpt_oss.training.loading import load_with_run_config
 
 
 @dataclass
@@ -51,18 +57,6 @@ class GenerateConfig:
 
 
 ConfigStore.instance().store(name="generate_schema", node=GenerateConfig)
-
-
-# ------------------------------------------------------------------ loading (shared with evaluate)
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    """auto = bf16 on cuda (a 20B model then fits one 80 GB GPU), fp32 elsewhere."""
-    if name == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    if name not in DTYPES:
-        raise ConfigError(
-            f"dtype={name!r} is invalid: valid are ['auto', {', '.join(map(repr, DTYPES))}]"
-        )
-    return DTYPES[name]
 
 
 # ------------------------------------------------------------------ prompts and tokens
@@ -118,7 +112,7 @@ def run(cfg: DictConfig, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> 
     if cfg.batch_size < 1:
         raise ConfigError(f"batch_size={cfg.batch_size} is invalid: must be >= 1")
     device = resolve_device(cfg.device)
-    model, _ = load_with_run_config(cfg.checkpoint, device, resolve_dtype(cfg.dtype, device))
+    model, _ = load_with_run_config(cfg.checkpoint, device, DTYPES[resolve_precision(cfg.dtype, device, "dtype")])
     results = []
     for first in range(0, len(prompts), cfg.batch_size):
         batch = slice(first, first + cfg.batch_size)
@@ -183,10 +177,7 @@ def speed_report(result: Generation) -> str:
 
 @hydra.main(version_base=None, config_path="../conf", config_name="generate")
 def main(cfg: DictConfig) -> None:
-    try:
-        run(cfg)
-    except (ConfigError, CheckpointError, ValueError) as error:
-        raise SystemExit(f"{type(error).__name__}: {error}") from error
+    exit_on_input_error(run, cfg)
 
 
 if __name__ == "__main__":

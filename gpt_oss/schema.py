@@ -1,24 +1,29 @@
-"""Hydra structured-config schemas: a misspelled key or a wrong type fails at compose time.
+"""The Hydra side shared by the entry points: structured-config schemas (a misspelled key or a
+wrong type fails at compose time), resolvers, and `build`, which instantiates and validates
+every config group.
 
-Imported by the entry points only (train, generate, bench, data, info, compare): library code
-never touches Hydra. Model, data and trainer are typed by the library's own dataclasses, each
+Imported by the entry points only (train, bench, data): library code never touches Hydra. Model, data and trainer are typed by the library's own dataclasses, each
 widened with the `_target_` that `hydra.utils.instantiate` needs; optimizer, schedule and
 logger are open dicts because their keys depend on the chosen target.
 """
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field, make_dataclass
 from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, Container, OmegaConf
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import MISSING, Container, DictConfig, OmegaConf
 
-from gpt_oss.config import ConfigError, ModelConfig, layer_pattern
-from gpt_oss.data import DataConfig
-from gpt_oss.gpu_pool import gpu_count
-from gpt_oss.trainer import TrainerConfig
+from gpt_oss.data.config import DataConfig
+from gpt_oss.model.config import ConfigError, ModelConfig, layer_pattern
+from gpt_oss.studies.gpu_pool import gpu_count
+from gpt_oss.training import distributed
+from gpt_oss.training.trainer import TrainerConfig
 
 
 def targeted(cls: type) -> type:
@@ -57,7 +62,7 @@ def register() -> None:
 
 
 def layers_resolver(name: str, num_layers: int | None = None, *, _parent_: Container) -> list[str]:
-    """`${layers:NAME}`: gpt_oss.config.layer_pattern NAME for the enclosing model's
+    """`${layers:NAME}`: gpt_oss.model.config.layer_pattern NAME for the enclosing model's
     num_hidden_layers (`${layers:NAME,N}` for N layers), so a sweep names patterns, not lists:
     `model.layer_types='${layers:all_full}','${layers:one_in_four}'`. A config file that merges
     it onto a null layer_types must set num_hidden_layers too: OmegaConf resolves it there."""
@@ -80,3 +85,49 @@ def repo_dir() -> str:
 OmegaConf.register_new_resolver("layers", layers_resolver, replace=True)
 OmegaConf.register_new_resolver("repo_dir", repo_dir, replace=True)
 OmegaConf.register_new_resolver("gpu_count", gpu_count, replace=True)  # hydra/launcher=gpu_pool
+
+
+# ----------------------------------------------------------------------------------------------
+# instantiate: config groups -> validated library objects
+
+
+def check_partial(factory: Any, group: str, first_arg: str) -> None:
+    """Fail now, not at step 0, when an optimizer/schedule config names an unknown argument."""
+    try:
+        inspect.signature(factory.func).bind(None, **factory.keywords)
+    except TypeError as error:
+        params = [p for p in inspect.signature(factory.func).parameters if p != first_arg]
+        raise ConfigError(f"{group} config does not fit {factory.func.__name__}: {error}; valid keys: {params}") from error
+
+
+def make(node: DictConfig, group: str, **kwargs: Any) -> Any:
+    """instantiate, with a failure reported as a ConfigError that names the group."""
+    try:
+        return instantiate(node, _convert_="all", **kwargs)
+    except InstantiationException as error:
+        if isinstance(error.__cause__, ConfigError):
+            raise error.__cause__ from None
+        raise ConfigError(f"{group} config is invalid: {error}") from error
+
+
+def build(cfg: DictConfig) -> dict[str, Any]:
+    """Instantiate and validate every config group; no data is read and no model is built."""
+    model_config: ModelConfig = make(cfg.model, "model")
+    trainer_config = make(cfg.trainer, "trainer")
+    trainer_config.validate(distributed.launch_world().size)
+    if trainer_config.seq_len > model_config.max_position_embeddings:
+        raise ConfigError(
+            f"trainer.seq_len={trainer_config.seq_len} is invalid: exceeds "
+            f"model.max_position_embeddings={model_config.max_position_embeddings}"
+        )
+    optimizer = make(cfg.optimizer, "optimizer")
+    check_partial(optimizer, "optimizer", "model")
+    schedule = make(cfg.schedule, "schedule")
+    check_partial(schedule, "schedule", "optimizer")
+    return {
+        "model_config": model_config,
+        "trainer_config": trainer_config,
+        "data_config": make(cfg.data, "data"),
+        "optimizer": optimizer,
+        "schedule": schedule,
+    }

@@ -7,7 +7,6 @@ training starts.
 
 from __future__ import annotations
 
-import inspect
 import logging
 import subprocess
 import sys
@@ -18,66 +17,26 @@ import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.errors import InstantiationException
 from hydra.types import RunMode
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError
 
-from gpt_oss import distributed, schema
-from gpt_oss.checkpoint import (
+from gpt_oss import schema
+from gpt_oss.data.prepare import prepare_data
+from gpt_oss.model.config import ConfigError
+from gpt_oss.model.model import build_model
+from gpt_oss.schema import build, make
+from gpt_oss.training import distributed
+from gpt_oss.training.checkpoint import (
     SHARDED_STATE,
     CheckpointError,
     check_resumable,
     read_checkpoint,
     resolve_resume,
 )
-from gpt_oss.config import ConfigError, ModelConfig
 
 log = logging.getLogger("gpt_oss.train")
 schema.register()
-
-
-def check_partial(factory: Any, group: str, first_arg: str) -> None:
-    """Fail now, not at step 0, when an optimizer/schedule config names an unknown argument."""
-    try:
-        inspect.signature(factory.func).bind(None, **factory.keywords)
-    except TypeError as error:
-        params = [p for p in inspect.signature(factory.func).parameters if p != first_arg]
-        raise ConfigError(f"{group} config does not fit {factory.func.__name__}: {error}; valid keys: {params}") from error
-
-
-def make(node: DictConfig, group: str, **kwargs: Any) -> Any:
-    """instantiate, with a failure reported as a ConfigError that names the group."""
-    try:
-        return instantiate(node, _convert_="all", **kwargs)
-    except InstantiationException as error:
-        if isinstance(error.__cause__, ConfigError):
-            raise error.__cause__ from None
-        raise ConfigError(f"{group} config is invalid: {error}") from error
-
-
-def build(cfg: DictConfig) -> dict[str, Any]:
-    """Instantiate and validate every config group; no data is read and no model is built."""
-    model_config: ModelConfig = make(cfg.model, "model")
-    trainer_config = make(cfg.trainer, "trainer")
-    trainer_config.validate(distributed.launch_world().size)
-    if trainer_config.seq_len > model_config.max_position_embeddings:
-        raise ConfigError(
-            f"trainer.seq_len={trainer_config.seq_len} is invalid: exceeds "
-            f"model.max_position_embeddings={model_config.max_position_embeddings}"
-        )
-    optimizer = make(cfg.optimizer, "optimizer")
-    check_partial(optimizer, "optimizer", "model")
-    schedule = make(cfg.schedule, "schedule")
-    check_partial(schedule, "schedule", "optimizer")
-    return {
-        "model_config": model_config,
-        "trainer_config": trainer_config,
-        "data_config": make(cfg.data, "data"),
-        "optimizer": optimizer,
-        "schedule": schedule,
-    }
 
 
 def job_identity(cfg: DictConfig) -> tuple[str | None, str | None]:
@@ -114,7 +73,7 @@ def run(cfg: DictConfig, run_dir: str | Path, overrides: list[str] | None = None
     runs this; they join one process group and train in rank 0's run directory, which rank 0
     alone writes.
     """
-    from gpt_oss.config import resolve_device
+    from gpt_oss.model.config import resolve_device
 
     parts = build(cfg)
     trainer_config = parts["trainer_config"]
@@ -167,14 +126,14 @@ def check_resume(cfg: DictConfig, parts: dict[str, Any], run_dir: Path) -> dict[
 
 
 def _train(cfg: DictConfig, parts: dict[str, Any], run_dir: Path, world: distributed.World) -> dict[str, Any]:
-    from gpt_oss.info import parameter_counts
-    from gpt_oss.trainer import Trainer, format_summary, seed_everything
+    from gpt_oss.model.size import parameter_counts
+    from gpt_oss.training.trainer import Trainer, format_summary, seed_everything
 
     group, name = job_identity(cfg)
     logger = make(cfg.logger, "logger", **_missing_identity(cfg.logger, group, name))
-    data = distributed.prepare_data(parts["data_config"], world)  # rank 0 first, then the others
+    data = prepare_data(parts["data_config"], world)  # rank 0 first, then the others
     seed_everything(parts["trainer_config"].seed)
-    model = distributed.build_model(parts["model_config"], meta=parts["trainer_config"].meta_init)
+    model = build_model(parts["model_config"], meta=parts["trainer_config"].meta_init)
     run_config = OmegaConf.to_container(cfg, resolve=True)
     run_config["data"]["fallback"] = data.fallback  # None, or why TinyStories was replaced
     run_config["data_prepared"] = data.summary()  # what was actually read: source, sizes, sha256
@@ -230,7 +189,7 @@ def pin_sweep_gpu() -> str | None:
     hc = HydraConfig.get()
     if hc.mode != RunMode.MULTIRUN or hc.runtime.choices.get("hydra/launcher") != "gpu_pool":
         return None
-    from gpt_oss.gpu_pool import pin_process_gpu
+    from gpt_oss.studies.gpu_pool import pin_process_gpu
 
     gpu = pin_process_gpu(hc.job.num, Path(hc.sweep.dir) / ".gpu_pool")
     log.info("gpu_pool: job %d runs on CUDA_VISIBLE_DEVICES=%s", hc.job.num, gpu)
@@ -361,7 +320,7 @@ def main(cfg: DictConfig) -> float:
 
 
 def _data_error() -> type[Exception]:
-    from gpt_oss.data import DataError
+    from gpt_oss.data.config import DataError
 
     return DataError
 

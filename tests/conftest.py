@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny model configs, and models whose every parameter (biases and sinks
+"""Shared fixtures: unit-test model configs, and models whose every parameter (biases and sinks
 included) is random at a scale where each piece of the architecture moves the logits."""
 
 from __future__ import annotations
@@ -9,11 +9,13 @@ from collections.abc import Callable
 import pytest
 import torch
 
-from gpt_oss.config import ModelConfig
-from gpt_oss.model import GptOss
+from gpt_oss.model.config import ModelConfig
+from gpt_oss.model.model import GptOss
 
-# Tiny and CPU-fast; the plain paths, so a test opts into a fast path by name.
-TINY = {
+# The unit-test shape: smaller than conf/model/tiny.yaml (which keeps the real 201088-token
+# vocabulary for training runs) and CPU-fast; the plain paths, so a test opts into a fast path
+# by name.
+UNIT_TEST_SHAPE = {
     "vocab_size": 1000,
     "hidden_size": 32,
     "intermediate_size": 32,
@@ -74,17 +76,17 @@ def single_threaded():
 
 @pytest.fixture(scope="session")
 def make_config() -> Callable[..., ModelConfig]:
-    """ModelConfig factory: TINY with overrides."""
+    """ModelConfig factory: UNIT_TEST_SHAPE with overrides."""
 
     def make(**overrides) -> ModelConfig:
-        return ModelConfig(**(TINY | overrides))
+        return ModelConfig(**(UNIT_TEST_SHAPE | overrides))
 
     return make
 
 
 @pytest.fixture(scope="session")
 def make_model(make_config) -> Callable[..., GptOss]:
-    """GptOss factory: TINY with overrides, randomized parameters, eval mode."""
+    """GptOss factory: UNIT_TEST_SHAPE with overrides, randomized parameters, eval mode."""
 
     def make(seed: int = 0, dtype: torch.dtype = torch.float32, **overrides) -> GptOss:
         torch.manual_seed(seed)

@@ -5,6 +5,7 @@ arithmetic of its rows. No timing is asserted: timings belong to the bench, not 
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -16,13 +17,18 @@ from hydra import compose, initialize_config_dir
 from gpt_oss.bench import (
     BenchConfig,
     format_table,
-    resolve_precision,
+    hf_train_step,
+    named_as_ours,
+    random_batches,
     run,
     step_breakdown,
     summarize,
 )
-from gpt_oss.config import ConfigError, ModelConfig
-from gpt_oss.trainer import TrainerConfig
+from gpt_oss.model.config import ConfigError, ModelConfig
+from gpt_oss.model.model import GptOss
+from gpt_oss.model.precision import cpu_has_native_bf16, resolve_precision
+from gpt_oss.training.optim import Muon, muon
+from gpt_oss.training.trainer import TrainerConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["model=tiny", "trainer.device=cpu", "trainer.batch_size=2", "trainer.seq_len=32"]
@@ -137,10 +143,41 @@ def test_bad_bench_config_fails_before_any_worker_starts(override, message):
 
 
 def test_precision_auto_is_bf16_on_gpus_and_else_what_the_cpu_runs_natively():
-    assert resolve_precision("auto", torch.device("cuda")) == "bf16"
-    assert resolve_precision("fp32", torch.device("cuda")) == "fp32"
-    assert resolve_precision("auto", torch.device("cpu")) in ("bf16", "fp32")
+    def bench(name: str, device: str) -> str:
+        return resolve_precision(name, torch.device(device), "bench.precision", native_cpu_bf16=True)
+
+    assert bench("auto", "cuda") == "bf16"
+    assert bench("fp32", "cuda") == "fp32"
+    assert bench("auto", "cpu") == ("bf16" if cpu_has_native_bf16() else "fp32")
     assert BenchConfig(precision=["fp32", "bf16"]).precisions() == ["fp32", "bf16"]
+
+
+def test_the_transformers_step_trains_with_the_runs_own_optimizer_and_parameter_groups():
+    """Same names and shapes as ours, so the run's optimizer factory gives the same groups:
+    with optimizer=muon transformers' model gets Muon (it used to get AdamW at Muon's lr)."""
+    transformers = pytest.importorskip("transformers")
+    from gpt_oss.model.hf import hf_config
+
+    config = ModelConfig(
+        vocab_size=1000, hidden_size=32, intermediate_size=32, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=16, num_experts=4,
+        experts_per_token=2,
+    )
+    hf = transformers.GptOssForCausalLM._from_config(
+        transformers.GptOssConfig(**hf_config(config)), attn_implementation="eager"
+    )
+    ours = {name: p.shape for name, p in GptOss(config).named_parameters()}
+    assert {name: p.shape for name, p in named_as_ours(hf).named_parameters()} == ours
+
+    def group_shapes(optimizer: torch.optim.Optimizer) -> list[list[tuple[int, ...]]]:
+        return [sorted(tuple(p.shape) for p in g["params"]) for g in optimizer.param_groups]
+
+    trainer = TrainerConfig(batch_size=2, seq_len=8)
+    batches = random_batches(config.vocab_size, trainer, seed=0, device=torch.device("cpu"))
+    step = hf_train_step(config, muon, "eager", None, torch.device("cpu"), batches)
+    assert isinstance(step.optimizer, Muon)
+    assert group_shapes(step.optimizer) == group_shapes(muon(GptOss(config)))
+    assert math.isfinite(step())  # and it trains
 
 
 def row(impl: str, precision: str, tokens_per_s: float, memory: float) -> dict:

@@ -22,7 +22,14 @@ from hydra import compose, initialize_config_dir
 from test_train import compose_run, tiny_overrides
 
 from gpt_oss import evaluate, generate
-from gpt_oss.checkpoint import (
+from gpt_oss.consolidate import consolidate_checkpoint
+from gpt_oss.data.config import DataConfig, DataError
+from gpt_oss.data.prepare import prepare
+from gpt_oss.data.tokens import TokenFile
+from gpt_oss.files import is_temporary, remove_stale_temporaries, temporary_path
+from gpt_oss.model.hf import export_hf
+from gpt_oss.train import run
+from gpt_oss.training.checkpoint import (
     FORMAT,
     CheckpointError,
     capture_rng,
@@ -31,14 +38,9 @@ from gpt_oss.checkpoint import (
     restore_rng,
     save_checkpoint,
 )
-from gpt_oss.checkpoint_sharded import METADATA, consolidate, save_sharded
-from gpt_oss.consolidate import consolidate_checkpoint
-from gpt_oss.data import DataConfig, DataError, TokenFile, prepare
-from gpt_oss.files import is_temporary, remove_stale_temporaries, temporary_path
-from gpt_oss.hf import export_hf
-from gpt_oss.loading import load_model
-from gpt_oss.optim import adamw
-from gpt_oss.train import run
+from gpt_oss.training.checkpoint_sharded import METADATA, consolidate, save_sharded
+from gpt_oss.training.loading import load_model
+from gpt_oss.training.optim import adamw
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -333,10 +335,10 @@ DISK_FULL = textwrap.dedent(
     from pathlib import Path
     sys.path.insert(0, sys.argv[2])
     from conftest import TINY
-    from gpt_oss.checkpoint import CheckpointError, save_checkpoint
-    from gpt_oss.config import ModelConfig
+    from gpt_oss.training.checkpoint import CheckpointError, save_checkpoint
+    from gpt_oss.model.config import ModelConfig
     from gpt_oss.files import DiskFullError, atomic_write
-    from gpt_oss.model import GptOss
+    from gpt_oss.model.model import GptOss
 
     disk = Path(sys.argv[1])
     (disk / "checkpoints").mkdir()

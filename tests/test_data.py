@@ -17,19 +17,12 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from gpt_oss import data as data_module
-from gpt_oss.data import (
-    DataConfig,
-    DataError,
-    TokenFile,
-    TrainLoader,
-    ValLoader,
-    config_from_dict,
-    encode_documents,
-    hub_unreachable_reason,
-    prepare,
-)
-from gpt_oss.synthetic import (
+from gpt_oss.data import prepare as prepare_module
+from gpt_oss.data.config import DataConfig, DataError
+from gpt_oss.data.hub import hub_unreachable_reason
+from gpt_oss.data.loaders import TrainLoader, ValLoader
+from gpt_oss.data.prepare import prepare
+from gpt_oss.data.synthetic import (
     BOY_NAMES,
     GIRL_NAMES,
     OBJECTS,
@@ -37,7 +30,8 @@ from gpt_oss.synthetic import (
     generate_stories,
     generate_story,
 )
-from gpt_oss.tokenizer import ENDOFTEXT, ENDOFTEXT_ID, get_tokenizer
+from gpt_oss.data.tokens import TokenFile, encode_documents, sha256_file
+from gpt_oss.model.tokenizer import ENDOFTEXT, ENDOFTEXT_ID, get_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO.parent / "shared" / "data" / "tinystories_sample.jsonl"
@@ -119,7 +113,7 @@ def test_jsonl_tokens_decode_back_to_the_documents(tmp_path, stories):
     assert prepared.fallback is None and prepared.source == "files"
     metadata = prepared.train.metadata
     assert metadata["tokenizer"] == "o200k_harmony" and metadata["vocab_size"] == 201088
-    assert metadata["sha256"] == data_module.sha256_file(prepared.train.path)
+    assert metadata["sha256"] == sha256_file(prepared.train.path)
     assert prepared.directory.parent == tmp_path / "cache"
 
 
@@ -247,20 +241,20 @@ def test_a_corrupt_file_fails_its_checksum(tmp_path):
 
 
 def test_an_interrupted_preparation_leaves_nothing_trusted(tmp_path, monkeypatch):
-    real = data_module._encode_all
+    real = prepare_module._encode_all
 
     def interrupted(documents, num_proc):
         yield next(real(documents, num_proc))
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(data_module, "_encode_all", interrupted)
+    monkeypatch.setattr(prepare_module, "_encode_all", interrupted)
     config = synthetic_config(tmp_path, synthetic_train_stories=3000)
     with pytest.raises(KeyboardInterrupt):
         prepare(config, progress=False)
     folder = next((tmp_path / "cache").iterdir())
     assert not list(folder.glob("*.json")) and not list(folder.glob("*.bin"))
     assert not list(folder.glob("*.tmp")), "temporary files are cleaned up"
-    monkeypatch.setattr(data_module, "_encode_all", real)
+    monkeypatch.setattr(prepare_module, "_encode_all", real)
     assert prepare(config, progress=False).train.num_documents == 3000
 
 
@@ -318,15 +312,6 @@ def test_a_corpus_of_empty_texts_is_an_error(tmp_path):
 def test_invalid_config_values_are_named(field, value):
     with pytest.raises(DataError, match=f"data.{field}={value!r}"):
         DataConfig(**{field: value})
-
-
-def test_config_from_dict_rejects_unknown_keys():
-    assert (
-        config_from_dict({"_target_": "gpt_oss.data.DataConfig", "source": "synthetic"}).source
-        == "synthetic"
-    )
-    with pytest.raises(DataError, match="unknown data fields \\['sorce'\\]"):
-        config_from_dict({"sorce": "hub"})
 
 
 # ----------------------------------------------------------------------------------------------
@@ -524,21 +509,24 @@ def test_ranks_get_distinct_slices_of_the_global_batch(tokens):
 
 def test_validation_windows_are_sequential_and_repeatable(tokens):
     loader = ValLoader(tokens, batch_size=3, seq_len=100, max_batches=None)
-    batches = list(loader)
-    assert len(batches) == len(loader) == 17  # 49 whole windows of 101 tokens at stride 100
-    firsts = torch.cat([inputs[:, 0] for inputs, _ in batches])
+    batches = list(loader.rank_batches(0, 1))
+    assert len(batches) == 17  # 49 whole windows of 101 tokens at stride 100
+    assert all(weight == 1 for _, _, weight in batches), "one process scores every window"
+    firsts = torch.cat([inputs[:, 0] for inputs, _, _ in batches])
     assert torch.equal(firsts, torch.arange(49) * 100 * 41)
-    assert all(torch.equal(a[0], b[0]) for a, b in zip(batches, loader, strict=True))
-    assert loader.num_target_tokens == 49 * 100 and loader.num_bytes is None
+    again = loader.rank_batches(0, 1)
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(batches, again, strict=True))
+    assert loader.num_target_tokens == 49 * 100
 
 
-def test_validation_cap_stride_and_bytes(tmp_path):
+def test_validation_cap_and_stride(tmp_path):
     prepared = prepare(synthetic_config(tmp_path), progress=False)
     loader = ValLoader(prepared.val, batch_size=2, seq_len=32, stride=16, max_batches=3)
-    starts = torch.cat([inputs[:, 0] for inputs, _ in loader])
+    batches = list(loader.rank_batches(0, 1))
+    starts = torch.cat([inputs[:, 0] for inputs, _, _ in batches])
     expected = torch.from_numpy(np.asarray(prepared.val.tokens)[np.arange(6) * 16].astype(np.int64))
-    assert len(loader) == 3 and torch.equal(starts, expected)
-    assert loader.num_bytes == pytest.approx(6 * 32 * prepared.val.num_bytes / len(prepared.val))
+    assert len(batches) == 3 and torch.equal(starts, expected)
+    assert loader.num_target_tokens == 6 * 32
 
 
 def test_loaders_reject_impossible_sizes(tokens):
@@ -588,9 +576,9 @@ def _not_utf8(path: Path) -> tuple[Path, int]:
 
 @pytest.mark.parametrize("suffix", [".jsonl", ".txt"])
 def test_a_file_that_is_not_utf8_is_named_with_the_offset_of_its_first_bad_byte(tmp_path, suffix):
-    from gpt_oss.config import ConfigError
     from gpt_oss.evaluate import read_documents
     from gpt_oss.generate import read_prompts
+    from gpt_oss.model.config import ConfigError
 
     path, offset = _not_utf8(tmp_path / f"stories{suffix}")
     expected = f"{path} is not UTF-8 text: byte 0xe9 at offset {offset} \\(line 31\\)"

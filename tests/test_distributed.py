@@ -21,29 +21,33 @@ import torch
 from hydra import compose, initialize_config_dir
 from test_train import compose_run, read_records, tiny_overrides
 
-from gpt_oss.checkpoint import CheckpointError, find_checkpoint, read_checkpoint, resolve_resume
-from gpt_oss.config import ConfigError
 from gpt_oss.consolidate import consolidate_checkpoint
 from gpt_oss.consolidate import main as consolidate_main
-from gpt_oss.data import ValLoader
-from gpt_oss.distributed import (
-    World,
-    checkpoint_blocks,
-    first_host,
-    launch_env,
-    launch_world,
-    val_batches,
-)
-from gpt_oss.hf import import_hf
-from gpt_oss.info import (
+from gpt_oss.data.loaders import ValLoader
+from gpt_oss.model.config import ConfigError
+from gpt_oss.model.hf import import_hf
+from gpt_oss.model.size import (
     activation_bytes_per_token,
     meta_parameter_count,
     parameter_counts,
     training_memory,
 )
-from gpt_oss.loading import load_model
 from gpt_oss.train import follower_overrides, run
-from gpt_oss.trainer import TrainerConfig
+from gpt_oss.training.checkpoint import (
+    CheckpointError,
+    find_checkpoint,
+    read_checkpoint,
+    resolve_resume,
+)
+from gpt_oss.training.distributed import (
+    World,
+    checkpoint_blocks,
+    first_host,
+    launch_env,
+    launch_world,
+)
+from gpt_oss.training.loading import load_model
+from gpt_oss.training.trainer import TrainerConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 FULL = dict(
@@ -123,8 +127,8 @@ def test_ranks_together_score_exactly_the_windows_one_process_scores(world_size)
     tokens = np.arange(1000, dtype=np.uint32)
     loader = ValLoader(tokens, batch_size=4, seq_len=16, max_batches=3)  # 12 windows...
     loader.window_starts = loader.window_starts[:10]  # ...10: the last batch has only 2
-    single = [inputs[:, 0].tolist() for inputs, _ in loader]
-    shards = [list(val_batches(loader, World(rank, world_size))) for rank in range(world_size)]
+    single = [tokens[loader.window_starts[i : i + 4]].tolist() for i in range(0, 10, 4)]
+    shards = [list(loader.rank_batches(rank, world_size)) for rank in range(world_size)]
     assert len({len(shard) for shard in shards}) == 1  # every rank runs every forward (FSDP)
     for batch, expected in enumerate(single):
         scored = [s for shard in shards for s in shard[batch][0][:, 0].tolist() * shard[batch][2]]
@@ -206,7 +210,7 @@ def test_memory_plan_says_full_model_trains_on_8_gpus_only_with_checkpointing(ma
 def test_activation_estimate_is_close_to_what_autograd_saves(make_config, single_threaded):
     """The plan's per-token activation bytes against saved tensors measured at two lengths
     (the difference removes what does not grow with tokens, such as bf16 weight copies)."""
-    from gpt_oss.model import GptOss
+    from gpt_oss.model.model import GptOss
 
     config = make_config(hidden_size=256, intermediate_size=256, num_attention_heads=4,
                          head_dim=64, num_experts=8, moe_impl="grouped", attn_impl="sdpa")  # fmt: skip

@@ -15,12 +15,12 @@ import torch
 import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 
-from gpt_oss.checkpoint import save_checkpoint
-from gpt_oss.config import ConfigError
 from gpt_oss.evaluate import document_windows, read_documents, run, score_documents
-from gpt_oss.hf import export_hf
-from gpt_oss.losses import IGNORE_INDEX
-from gpt_oss.tokenizer import ENDOFTEXT_ID, get_tokenizer
+from gpt_oss.model.config import ConfigError
+from gpt_oss.model.hf import export_hf
+from gpt_oss.model.losses import IGNORE_INDEX
+from gpt_oss.model.tokenizer import ENDOFTEXT_ID, get_tokenizer
+from gpt_oss.training.checkpoint import save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCUMENTS = [

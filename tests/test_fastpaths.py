@@ -7,11 +7,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gpt_oss import losses, moe
-from gpt_oss.attention import attention_eager, attention_flex, attention_mask, attention_sdpa
-from gpt_oss.config import ModelConfig
-from gpt_oss.losses import IGNORE_INDEX, defers_weight_grad, linear_cross_entropy
-from gpt_oss.moe import Experts, Routing
+from gpt_oss.model import losses, moe
+from gpt_oss.model.attention import attention_eager, attention_flex, attention_mask, attention_sdpa
+from gpt_oss.model.config import ModelConfig
+from gpt_oss.model.losses import IGNORE_INDEX, defers_weight_grad, linear_cross_entropy
+from gpt_oss.model.moe import Experts, Routing
 
 pytestmark = [
     pytest.mark.usefixtures("single_threaded"),

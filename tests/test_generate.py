@@ -19,13 +19,12 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from safetensors.torch import load_file, save_file
 
-from gpt_oss.checkpoint import save_checkpoint
-from gpt_oss.config import ConfigError
+from gpt_oss.cli import exit_on_input_error
 from gpt_oss.generate import encode_prompt, run, token_id
-from gpt_oss.hf import dequantize_mxfp4, export_hf
-from gpt_oss.loading import load_with_run_config
-from gpt_oss.model import KVCache
-from gpt_oss.sampling import (
+from gpt_oss.model.config import ConfigError
+from gpt_oss.model.hf import dequantize_mxfp4, export_hf
+from gpt_oss.model.model import KVCache
+from gpt_oss.model.sampling import (
     SamplingConfig,
     StreamDecoder,
     filter_top_k,
@@ -34,7 +33,9 @@ from gpt_oss.sampling import (
     left_pad,
     sample_from,
 )
-from gpt_oss.tokenizer import ENDOFTEXT_ID, get_tokenizer
+from gpt_oss.model.tokenizer import ENDOFTEXT_ID, get_tokenizer
+from gpt_oss.training.checkpoint import save_checkpoint
+from gpt_oss.training.loading import load_with_run_config
 
 ROOT = Path(__file__).resolve().parents[1]
 WINDOW = 8  # small, so prompts and generations cross it many times
@@ -334,6 +335,18 @@ def test_cli_runs_as_a_module_and_leaves_no_output_directory(tiny_checkpoint, tm
     )
 
 
+def test_generate_and_evaluate_end_an_input_error_with_its_name_and_message():
+    def bad_dtype(value: str) -> None:
+        raise ConfigError(f"dtype={value!r} is invalid")
+
+    with pytest.raises(SystemExit) as ended:
+        exit_on_input_error(bad_dtype, "fp8")
+    assert ended.value.code == "ConfigError: dtype='fp8' is invalid"  # printed; status 1
+    assert exit_on_input_error(lambda x: x + 1, 1) == 2
+    with pytest.raises(KeyError):  # a bug is not an input error: its traceback stays
+        exit_on_input_error({}.__getitem__, "x")
+
+
 def write_mxfp4_directory(model, directory: Path, seed: int = 0) -> dict[str, torch.Tensor]:
     """Export `model`, then replace its expert matrices by random MXFP4 codes as the release
     stores them (blocks (E, out, in/32, 16), scales (E, out, in/32)); returns the dense
@@ -411,9 +424,9 @@ def continuation_words(checkpoint: Path, tmp_path: Path) -> list[str]:
 
 @pytest.mark.slow
 def test_a_briefly_trained_model_continues_with_words_of_its_corpus(tmp_path):
-    from gpt_oss.model import GptOss
-    from gpt_oss.synthetic import generate_stories
-    from gpt_oss.train import build
+    from gpt_oss.data.synthetic import generate_stories
+    from gpt_oss.model.model import GptOss
+    from gpt_oss.schema import build
     from gpt_oss.train import run as train
 
     stories, seed = 2000, 0

@@ -14,9 +14,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from gpt_oss.checkpoint import CheckpointError, save_checkpoint
-from gpt_oss.hf import config_from_hf, export_hf, import_hf
-from gpt_oss.loading import load_model
+from gpt_oss.model.hf import config_from_hf, export_hf, import_hf
+from gpt_oss.training.checkpoint import CheckpointError, save_checkpoint
+from gpt_oss.training.loading import load_model
 
 transformers = pytest.importorskip("transformers")
 
@@ -176,7 +176,7 @@ def test_bf16_export_imports_as_the_rounded_weights(make_model, tmp_path):
 
 
 def test_sharded_export_loads_in_transformers_and_back(make_model, tmp_path, monkeypatch):
-    monkeypatch.setattr("gpt_oss.hf.SHARD_BYTES", 64 * 1024)
+    monkeypatch.setattr("gpt_oss.model.hf.SHARD_BYTES", 64 * 1024)
     model = make_model()
     directory = export_hf(model, tmp_path)
     assert len(list(directory.glob("model-*-of-*.safetensors"))) > 1

@@ -13,12 +13,14 @@ import torch
 import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 
-from gpt_oss.attention import attention_eager, attention_mask
-from gpt_oss.config import ConfigError, ModelConfig
-from gpt_oss.info import meta_parameter_count, model_config, parameter_counts
-from gpt_oss.losses import load_balancing_loss, router_z_loss
-from gpt_oss.model import GptOss, KVCache, RMSNorm, apply_rotary, yarn_inverse_frequencies
-from gpt_oss.moe import Router, Routing, clamped_swiglu
+from gpt_oss.info import model_config
+from gpt_oss.model.attention import attention_eager, attention_mask
+from gpt_oss.model.config import ConfigError, ModelConfig
+from gpt_oss.model.losses import load_balancing_loss, router_z_loss
+from gpt_oss.model.model import GptOss, KVCache, RMSNorm, apply_rotary, yarn_inverse_frequencies
+from gpt_oss.model.moe import Router, Routing, clamped_swiglu
+from gpt_oss.model.precision import DTYPES, autocast_dtype, cpu_has_native_bf16, resolve_precision
+from gpt_oss.model.size import meta_parameter_count, parameter_counts
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
@@ -81,6 +83,25 @@ def test_model_revalidates_a_config_changed_after_construction(make_config):
 def test_from_dict_rejects_unknown_keys_by_name():
     with pytest.raises(ConfigError, match="num_expert_typo"):
         ModelConfig.from_dict({"num_expert_typo": 3})
+
+
+@pytest.mark.parametrize("device, training", [("cuda", "bf16"), ("cpu", "fp32")])
+def test_one_precision_resolver_serves_training_generation_and_the_bench(device, training):
+    device = torch.device(device)  # a CUDA device object needs no GPU to exist
+    assert resolve_precision("auto", device, "trainer.precision") == training
+    assert resolve_precision("auto", device, "dtype") == training  # generate and evaluate
+    native = "bf16" if device.type == "cuda" or cpu_has_native_bf16() else "fp32"
+    assert resolve_precision("auto", device, "bench.precision", native_cpu_bf16=True) == native
+    for name in DTYPES:
+        assert resolve_precision(name, device) == name
+    assert autocast_dtype("fp32") is None and autocast_dtype("bf16") == torch.bfloat16
+    assert DTYPES[resolve_precision("fp16", device)] == torch.float16
+
+
+def test_an_unknown_precision_names_its_option_and_the_valid_names():
+    message = "dtype='fp8' is invalid: valid are ['auto', 'bf16', 'fp16', 'fp32']"
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        resolve_precision("fp8", torch.device("cpu"), "dtype")
 
 
 def test_default_layer_pattern_is_even_sliding_odd_full(make_config):

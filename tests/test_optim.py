@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from gpt_oss.optim import muon, newton_schulz
+from gpt_oss.training.optim import muon, newton_schulz
 
 
 def test_newton_schulz_gives_near_orthogonal_matrices_per_expert():

@@ -15,10 +15,10 @@ import pytest
 import yaml
 from test_train import compose_run, read_records, tiny_overrides
 
-from gpt_oss.checkpoint import CheckpointError, check_resumable, read_checkpoint
-from gpt_oss.config import ModelConfig
-from gpt_oss.optim import warmup_cosine
+from gpt_oss.model.config import ModelConfig
 from gpt_oss.train import run
+from gpt_oss.training.checkpoint import CheckpointError, check_resumable, read_checkpoint
+from gpt_oss.training.optim import warmup_cosine
 
 STEPS = ["trainer.max_steps=4", "trainer.checkpoint_every=2", "trainer.eval_every=2", "trainer.log_every=1"]
 

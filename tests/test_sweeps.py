@@ -19,10 +19,12 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.types import RunMode
 from omegaconf import OmegaConf, open_dict
 
-from gpt_oss import compare, gpu_pool
-from gpt_oss.config import layer_pattern
-from gpt_oss.info import parameter_counts
-from gpt_oss.train import build, job_identity
+from gpt_oss.compare import main as compare_main
+from gpt_oss.model.config import layer_pattern
+from gpt_oss.model.size import parameter_counts
+from gpt_oss.schema import build
+from gpt_oss.studies import compare, gpu_pool
+from gpt_oss.train import job_identity
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
@@ -272,7 +274,7 @@ def test_each_job_has_its_own_run_dir_and_gpu(sweep):
 
 @pytest.mark.slow
 def test_compare_tabulates_and_plots_the_sweep(sweep, capsys):
-    assert compare.main([str(sweep)]) == 0
+    assert compare_main([str(sweep)]) == 0
     printed = capsys.readouterr().out
     assert printed.count("model.num_experts=") == 4 and "| final val bpb |" in printed
     rows = list(__import__("csv").DictReader((sweep / "comparison.csv").open()))
@@ -368,7 +370,7 @@ def test_second_panel_is_numeric_for_numbers_and_categorical_otherwise(tmp_path)
 
 
 def test_compare_refuses_a_folder_without_runs(tmp_path, capsys):
-    assert compare.main([str(tmp_path)]) == 2
+    assert compare_main([str(tmp_path)]) == 2
     assert "no run" in capsys.readouterr().err
 
 

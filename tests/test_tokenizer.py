@@ -15,7 +15,7 @@ import requests
 import tiktoken
 import tiktoken.registry
 
-from gpt_oss import tokenizer as tok
+from gpt_oss.model import tokenizer as tok
 
 # bpe-openai reads its data through a deprecated importlib API; not ours to fix.
 pytestmark = pytest.mark.filterwarnings("ignore:open_binary is deprecated:DeprecationWarning")

@@ -14,9 +14,10 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 
-from gpt_oss.checkpoint import CheckpointError, read_checkpoint
-from gpt_oss.config import ConfigError
-from gpt_oss.train import build, run
+from gpt_oss.model.config import ConfigError
+from gpt_oss.schema import build
+from gpt_oss.train import run
+from gpt_oss.training.checkpoint import CheckpointError, read_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
@@ -153,7 +154,7 @@ def test_resume_accepts_other_kernels_and_refuses_another_shape(tmp_path):
 
 
 def test_nan_loss_stops_with_the_step_and_keeps_the_last_checkpoint(tmp_path):
-    from gpt_oss.trainer import TrainingDiverged
+    from gpt_oss.training.trainer import TrainingDiverged
 
     cfg = compose_run(*tiny_overrides(tmp_path, "trainer.max_steps=6", "optimizer.lr=1e30", "trainer.grad_clip=0"))
     with pytest.raises(TrainingDiverged, match=r"at step \d+"):

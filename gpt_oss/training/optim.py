@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
-from gpt_oss.config import ConfigError
+from gpt_oss.model.config import ConfigError
 
 
 def is_matrix(name: str, param: torch.Tensor) -> bool:

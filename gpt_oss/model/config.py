@@ -20,9 +20,6 @@ class ConfigError(ValueError):
     """A configuration value is out of its valid range; the message names the field."""
 
 
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-
-
 def resolve_device(name: str, option: str = "device") -> torch.device:
     """auto = cuda when present, else cpu; an unavailable cuda is an error (naming option), not
     a fallback."""

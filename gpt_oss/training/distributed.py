@@ -1,5 +1,6 @@
-"""Training on several processes: joining them, wrapping the model (DDP or FSDP2), activation
-checkpointing and rank-sharded evaluation. Sharded checkpoints are gpt_oss.checkpoint_sharded's.
+"""Training on several processes: joining them, wrapping the model (DDP or FSDP2) and activation
+checkpointing. Sharded checkpoints are training.checkpoint_sharded's; rank 0 preparing the data
+for all ranks is data.prepare.prepare_data.
 
 Processes come from torchrun (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT) or from
 SLURM (SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID, the first host of SLURM_JOB_NODELIST), one per
@@ -10,31 +11,23 @@ GPU; rank r trains on cuda:LOCAL_RANK with NCCL, or on the CPU with gloo. With
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
 import inspect
-import math
 import os
 import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from datetime import timedelta
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from gpt_oss.config import ConfigError, ModelConfig
-from gpt_oss.model import GptOss, LossOutput, yarn_inverse_frequencies
-
-if TYPE_CHECKING:
-    from gpt_oss.data import DataConfig, PreparedData, ValLoader
+from gpt_oss.model.config import ConfigError
+from gpt_oss.model.model import GptOss, LossOutput, yarn_inverse_frequencies
 
 PARALLEL_MODES = ("none", "ddp", "fsdp")
-DATA_WAIT = timedelta(hours=4)  # how long ranks > 0 wait for rank 0 to download and tokenize
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], LossOutput]
 
@@ -142,14 +135,14 @@ def process_group(parallel: str, device: torch.device) -> Iterator[World]:
         dist.destroy_process_group()
 
 
-def distributed() -> bool:
+def is_distributed() -> bool:
     """True inside a process group (also a group of one)."""
     return dist.is_available() and dist.is_initialized()
 
 
 def broadcast_object(value: Any, group: Any = None) -> Any:
     """Rank 0's value on every rank (itself when there is no process group)."""
-    if not distributed():
+    if not is_distributed():
         return value
     box = [value]
     dist.broadcast_object_list(box, src=0, group=group)
@@ -158,7 +151,7 @@ def broadcast_object(value: Any, group: Any = None) -> Any:
 
 def mean_over_ranks_(tensor: torch.Tensor) -> torch.Tensor:
     """In place: the mean over ranks (SUM, then divide: gloo has no AVG)."""
-    if distributed() and dist.get_world_size() > 1:
+    if is_distributed() and dist.get_world_size() > 1:
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
         tensor /= dist.get_world_size()
     return tensor
@@ -166,91 +159,20 @@ def mean_over_ranks_(tensor: torch.Tensor) -> torch.Tensor:
 
 def sum_over_ranks_(tensor: torch.Tensor) -> torch.Tensor:
     """In place: the sum over ranks."""
-    if distributed() and dist.get_world_size() > 1:
+    if is_distributed() and dist.get_world_size() > 1:
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
 
 
 def sum_floats(values: tuple[float, ...], device: torch.device) -> tuple[float, ...]:
     """Python numbers summed over ranks in float64 (returned unchanged in one process)."""
-    if not distributed() or dist.get_world_size() == 1:
+    if not is_distributed() or dist.get_world_size() == 1:
         return values
     return tuple(sum_over_ranks_(torch.tensor(values, dtype=torch.float64, device=device)).tolist())
 
 
 # ----------------------------------------------------------------------------------------------
-# Data: rank 0 prepares, the others open the same files
-
-
-def prepare_data(config: DataConfig, world: World) -> PreparedData:
-    """Rank 0 prepares the data (it alone may reach the hub or fall back to the synthetic corpus);
-    the other ranks then open the very token files it chose, so every rank trains on the same."""
-    from gpt_oss.data import prepare
-
-    if world.size == 1:
-        return prepare(config)
-    # A group of its own with a long timeout: tokenizing may outlast NCCL's ten minutes.
-    wait = dist.new_group(backend="gloo", timeout=DATA_WAIT)
-    prepared = prepare(config) if world.is_main else None
-    recipe = broadcast_object(_recipe(prepared) if world.is_main else None, group=wait)
-    dist.destroy_process_group(wait)
-    return prepared if world.is_main else _open_recipe(recipe, world.rank)
-
-
-def _recipe(prepared: PreparedData) -> dict[str, Any]:
-    fields = {f.name: getattr(prepared, f.name) for f in dataclasses.fields(prepared)}
-    for split in ("train", "val"):
-        token_file = fields.pop(split)
-        fields[split] = (str(token_file.path), token_file.metadata["sha256"])
-    return fields
-
-
-def _open_recipe(recipe: dict[str, Any], rank: int) -> PreparedData:
-    from gpt_oss.data import DataError, PreparedData, TokenFile
-
-    files = {}
-    for split in ("train", "val"):
-        path, sha256 = recipe.pop(split)
-        if not Path(path).with_suffix(".json").is_file():
-            raise DataError(
-                f"rank {rank} cannot see {path}, prepared by rank 0: put data.cache_dir on a "
-                "filesystem every node shares, or run `python -m gpt_oss.data` on every node first"
-            )
-        files[split] = TokenFile.open(path, verify_checksum="never")  # rank 0 checked it
-        if files[split].metadata["sha256"] != sha256:
-            raise DataError(f"rank {rank} sees a different {path} than rank 0 (sha256 differs)")
-    return PreparedData(**files, **recipe)
-
-
-def val_batches(
-    loader: ValLoader, world: World
-) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
-    """(inputs, targets, weight): rank r's slice of each of the loader's batches, so the ranks
-    together score exactly the windows one process scores. A rank whose slice of the last batch
-    is empty scores a window with weight 0: every rank runs every forward (FSDP all-gathers)."""
-    from gpt_oss.data import windows_to_batch
-
-    per_rank = math.ceil(loader.batch_size / world.size)
-    for first in range(0, len(loader.window_starts), loader.batch_size):
-        batch = loader.window_starts[first : first + loader.batch_size]
-        starts = batch[world.rank * per_rank : (world.rank + 1) * per_rank]
-        weight = 1 if len(starts) else 0
-        inputs, targets = windows_to_batch(
-            loader.tokens, starts if weight else batch[:1], loader.seq_len, loader.device
-        )
-        yield inputs, targets, weight
-
-
-# ----------------------------------------------------------------------------------------------
 # The model: placement, activation checkpointing, DDP / FSDP2
-
-
-def build_model(config: ModelConfig, meta: bool = False) -> GptOss:
-    """The model, initialised on the CPU; on the meta device (no memory) for FSDP's meta_init."""
-    if not meta:
-        return GptOss(config)
-    with torch.device("meta"):
-        return GptOss(config)
 
 
 def place_model(model: GptOss, device: torch.device, parallel: str) -> GptOss:

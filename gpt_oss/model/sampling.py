@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 import torch
 
-from gpt_oss.metrics import synchronize
-from gpt_oss.model import GptOss, KVCache
-from gpt_oss.tokenizer import ENDOFTEXT_ID
+from gpt_oss.model.model import GptOss, KVCache
+from gpt_oss.model.tokenizer import ENDOFTEXT_ID
+from gpt_oss.training.metrics import synchronize
 
 TokenCallback = Callable[[int, int], None]  # (row, token id), called as each token is produced
 

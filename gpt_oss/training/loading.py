@@ -1,6 +1,6 @@
 """A model from any checkpoint a user may point at: one of ours (a .pt file or a run
 directory) or a Hugging Face directory (release MXFP4 checkpoints included). The one module
-that knows both formats; gpt_oss.checkpoint and gpt_oss.hf each know one."""
+that knows both formats; training/checkpoint.py and model/hf.py each know one."""
 
 from __future__ import annotations
 
@@ -9,16 +9,16 @@ from typing import Any
 
 import torch
 
-from gpt_oss.checkpoint import (
+from gpt_oss.model.config import ModelConfig
+from gpt_oss.model.hf import import_hf
+from gpt_oss.model.model import GptOss
+from gpt_oss.training.checkpoint import (
     CheckpointError,
     build_with_state,
     find_checkpoint,
     no_checkpoint_message,
     read_checkpoint,
 )
-from gpt_oss.config import ModelConfig
-from gpt_oss.hf import import_hf
-from gpt_oss.model import GptOss
 
 
 def load_model(
@@ -38,7 +38,7 @@ def load_with_run_config(
     """load_model's model in eval mode, and the run config stored with it ({} if none).
 
     A Hugging Face directory loads onto the device (MXFP4 experts dequantized there tensor by
-    tensor, gpt_oss.hf). Our checkpoints are read on the CPU, so their optimizer state never
+    tensor, gpt_oss.model.hf). Our checkpoints are read on the CPU, so their optimizer state never
     reaches the GPU, and only the weights move, cast to dtype when given.
     """
     path = Path(path)

@@ -7,7 +7,7 @@ first verifies the CRC-32 that the zip records for every entry (torch.save write
 the option on), so a flipped bit is refused naming the file, then unpickles with
 `weights_only=True`, so a crafted file cannot run code. A sharded checkpoint (ddp/fsdp runs) is a
 directory holding SHARDED_STATE beside torch.distributed.checkpoint's files (see
-gpt_oss.checkpoint_sharded).
+gpt_oss.training.checkpoint_sharded).
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from gpt_oss.config import IMPLEMENTATION_FIELDS, ModelConfig
 from gpt_oss.files import DiskFullError, atomic_write, is_temporary
-from gpt_oss.model import GptOss, yarn_inverse_frequencies
+from gpt_oss.model.config import IMPLEMENTATION_FIELDS, ModelConfig
+from gpt_oss.model.model import GptOss, yarn_inverse_frequencies
 
 FORMAT = "gpt-oss-lab/1"
 SHARDED_STATE = "trainer.pt"  # rank 0's training state inside a sharded checkpoint directory

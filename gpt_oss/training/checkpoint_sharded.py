@@ -25,7 +25,10 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from gpt_oss.checkpoint import (
+from gpt_oss.files import temporary_path
+from gpt_oss.model.config import ModelConfig
+from gpt_oss.model.model import GptOss
+from gpt_oss.training.checkpoint import (
     FORMAT,
     SHARDED_STATE,
     CheckpointError,
@@ -34,9 +37,6 @@ from gpt_oss.checkpoint import (
     find_checkpoint,
     read_checkpoint,
 )
-from gpt_oss.config import ModelConfig
-from gpt_oss.files import temporary_path
-from gpt_oss.model import GptOss
 
 METADATA = ".metadata"  # DCP's index of the shards (a pickle)
 

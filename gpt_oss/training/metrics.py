@@ -8,7 +8,7 @@ import time
 
 import torch
 
-from gpt_oss.config import ModelConfig
+from gpt_oss.model.config import ModelConfig
 
 # Dense bf16 tensor-core peaks (no sparsity), FLOP/s.
 GPU_PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "H800": 989e12, "A100": 312e12, "L40S": 362e12, "4090": 165e12}

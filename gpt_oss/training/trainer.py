@@ -16,7 +16,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from gpt_oss.checkpoint import (
+from gpt_oss.data.loaders import TrainLoader, ValLoader
+from gpt_oss.files import remove_stale_temporaries
+from gpt_oss.model.config import ConfigError, resolve_device
+from gpt_oss.model.model import GptOss
+from gpt_oss.model.precision import PRECISIONS, autocast_dtype, resolve_precision
+from gpt_oss.studies.plots import plot_losses
+from gpt_oss.training.checkpoint import (
     capture_rng,
     check_resumable,
     find_checkpoint,
@@ -28,9 +34,8 @@ from gpt_oss.checkpoint import (
     save_checkpoint,
     schedule_change,
 )
-from gpt_oss.checkpoint_sharded import load_sharded, read_trainer_state, save_sharded
-from gpt_oss.config import ConfigError, resolve_device
-from gpt_oss.distributed import (
+from gpt_oss.training.checkpoint_sharded import load_sharded, read_trainer_state, save_sharded
+from gpt_oss.training.distributed import (
     PARALLEL_MODES,
     checkpoint_blocks,
     current_world,
@@ -41,18 +46,13 @@ from gpt_oss.distributed import (
     rank_device,
     sum_floats,
     sum_over_ranks_,
-    val_batches,
 )
-from gpt_oss.files import remove_stale_temporaries
-from gpt_oss.metrics import bits_per_byte, flops_per_token, peak_flops
-from gpt_oss.model import GptOss
-from gpt_oss.plots import plot_losses
-from gpt_oss.runtime import keep_freed_memory
-from gpt_oss.tracking import MetricsFile, NullLogger, read_metrics
+from gpt_oss.training.metrics import bits_per_byte, flops_per_token, peak_flops
+from gpt_oss.training.runtime import keep_freed_memory
+from gpt_oss.training.tracking import MetricsFile, NullLogger, read_metrics
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 NAN_POLICIES = ("error", "skip")
 
 
@@ -144,13 +144,6 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite."""
 
 
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """None = plain float32; otherwise the autocast dtype."""
-    if precision == "auto":
-        precision = "bf16" if device.type == "cuda" else "fp32"
-    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[precision]
-
-
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -182,17 +175,13 @@ class Trainer:
         logger: Any = None,
         run_config: dict | None = None,
     ):
-        from gpt_oss.data import (  # data pulls in datasets: import when needed
-            TrainLoader,
-            ValLoader,
-        )
-
         self.world = current_world()  # rank and size of the process group (one process without)
         config.validate(self.world.size)
         self.config, self.data = config, data
         self.run_dir = Path(run_dir)
         self.device = rank_device(resolve_device(config.device, "trainer.device"), self.world)
-        self.dtype = autocast_dtype(config.precision, self.device)
+        precision = resolve_precision(config.precision, self.device, "trainer.precision")
+        self.dtype = autocast_dtype(precision)  # None: float32, no autocast
         self.model = place_model(model, self.device, config.parallel)
         if config.activation_checkpointing:
             checkpoint_blocks(self.model)
@@ -309,7 +298,7 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
-        if self.device.type == "cpu":  # once the optimizer state exists: see gpt_oss/runtime.py
+        if self.device.type == "cpu":  # once the optimizer state exists: see gpt_oss/training/runtime.py
             keep_freed_memory()
         self.schedule.step()
         self.model.update_selection_bias(counts)
@@ -332,15 +321,15 @@ class Trainer:
     def evaluate(self) -> dict[str, float]:
         """Validation loss, perplexity and bits per byte over the fixed validation windows."""
         self.model.eval()
-        loss_sum, tokens = 0.0, 0
-        for inputs, targets, weight in val_batches(
-            self.val_loader, self.world
+        loss_sum = 0.0
+        for inputs, targets, weight in self.val_loader.rank_batches(
+            self.world.rank, self.world.size
         ):  # this rank's share
             with self._autocast():
                 out = self.model.loss(inputs, targets)
             loss_sum += out.ce.item() * targets.numel() * weight
-            tokens += targets.numel() * weight
-        loss_sum, tokens = sum_floats((loss_sum, tokens), self.device)
+        (loss_sum,) = sum_floats((loss_sum,), self.device)
+        tokens = self.val_loader.num_target_tokens  # all ranks' shares together
         loss = loss_sum / tokens
         num_bytes = (
             tokens * self.data.val.num_bytes / len(self.data.val)

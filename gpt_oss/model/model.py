@@ -9,14 +9,14 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from gpt_oss.attention import attention_eager, attention_flex, attention_mask, attention_sdpa
-from gpt_oss.config import ModelConfig
-from gpt_oss.losses import (
+from gpt_oss.model.attention import attention_eager, attention_flex, attention_mask, attention_sdpa
+from gpt_oss.model.config import ModelConfig
+from gpt_oss.model.losses import (
     linear_cross_entropy,
     load_balancing_loss,
     router_z_loss,
 )
-from gpt_oss.moe import MoE, Routing, expert_counts
+from gpt_oss.model.moe import MoE, Routing, expert_counts
 
 
 class RMSNorm(nn.Module):
@@ -341,3 +341,11 @@ class GptOss(nn.Module):
             block.mlp.router.selection_bias += self.config.expert_bias_rate * torch.sign(
                 load.mean() - load
             )
+
+
+def build_model(config: ModelConfig, meta: bool = False) -> GptOss:
+    """The model, initialised on the CPU; on the meta device (no memory) for FSDP's meta_init."""
+    if not meta:
+        return GptOss(config)
+    with torch.device("meta"):
+        return GptOss(config)

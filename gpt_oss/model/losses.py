@@ -8,8 +8,8 @@ import functools
 import torch
 import torch.nn.functional as F
 
-from gpt_oss import moe
-from gpt_oss.moe import Routing
+from gpt_oss.model import moe
+from gpt_oss.model.moe import Routing
 
 IGNORE_INDEX = -100
 

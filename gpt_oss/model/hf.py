@@ -13,10 +13,10 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from gpt_oss.checkpoint import CheckpointError, build_with_state
-from gpt_oss.config import ModelConfig
-from gpt_oss.model import GptOss
-from gpt_oss.tokenizer import ENDOFTEXT_ID
+from gpt_oss.model.config import ModelConfig
+from gpt_oss.model.model import GptOss
+from gpt_oss.model.tokenizer import ENDOFTEXT_ID
+from gpt_oss.training.checkpoint import CheckpointError, build_with_state
 
 FP4_VALUES = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0)
 SHARD_BYTES = 4 * 2**30

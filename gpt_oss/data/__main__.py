@@ -1,0 +1,59 @@
+"""Entry point: `python -m gpt_oss.data data=tinystories|text|synthetic` prepares the token
+files ahead of training and prints what it read and wrote."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import hydra
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from gpt_oss import schema
+from gpt_oss.data.config import DataError
+from gpt_oss.data.prepare import PreparedData, prepare
+
+log = logging.getLogger("gpt_oss.data")
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+schema.register()
+
+
+def format_summary(prepared: PreparedData, seconds: float) -> str:
+    """The lines `python -m gpt_oss.data` prints."""
+    lines = [f"source:    {prepared.description}"]
+    if prepared.fallback:
+        lines.append(f"FALLBACK:  {prepared.fallback}")
+    for split, file in (("train", prepared.train), ("val", prepared.val)):
+        lines.append(
+            f"{split + ':':<10} {file.num_documents:,} docs, {len(file):,} tokens, "
+            f"{file.num_bytes:,} bytes -> {file.path}"
+        )
+    if prepared.prepared_splits:
+        tokens = sum(len(getattr(prepared, split)) for split in prepared.prepared_splits)
+        lines.append(
+            f"time:      {seconds:.1f} s ({', '.join(prepared.prepared_splits)} tokenized: "
+            f"{tokens / max(prepared.seconds, 1e-9):,.0f} tokens/s)"
+        )
+    else:
+        lines.append(f"time:      {seconds:.1f} s (already prepared: nothing tokenized)")
+    lines.append(f"location:  {prepared.directory}")
+    return "\n".join(lines)
+
+
+@hydra.main(config_path=str(CONF_DIR), config_name="config", version_base=None)
+def main(cfg: DictConfig) -> None:
+    """Compose conf/config.yaml, prepare `data`, print the summary."""
+    config = instantiate(cfg.data, _convert_="all")
+    start = time.perf_counter()
+    try:
+        prepared = prepare(config)
+    except DataError as error:
+        log.error("DataError: %s", error)
+        raise SystemExit(2) from error
+    print(format_summary(prepared, time.perf_counter() - start), flush=True)
+
+
+if __name__ == "__main__":
+    main()

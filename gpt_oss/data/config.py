@@ -1,0 +1,98 @@
+"""The data config (`conf/data/*.yaml`) and the error every data problem raises."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+SOURCES = ("hub", "files", "synthetic")
+FALLBACKS = ("synthetic", "error")
+CHECKSUM_POLICIES = ("auto", "always", "never")
+
+
+class DataError(ValueError):
+    """Bad data input or a damaged cache; the message names the value or file and what is valid."""
+
+
+@dataclass
+class DataConfig:
+    """Every data option. The conf/data/*.yaml files set these fields and nothing else."""
+
+    source: str = "hub"  # "hub" | "files" | "synthetic"
+    name: str = "tinystories"  # cache sub-folder stem: <cache_dir>/<name>-<fingerprint>/
+    # hub source: datasets.load_dataset(hub_path, hub_name)[train_split / val_split][text_field]
+    hub_path: str = "roneneldan/TinyStories"
+    hub_name: str | None = None
+    text_field: str = "text"  # also the field read from .jsonl / .json / .parquet files
+    train_split: str = "train"
+    val_split: str = "validation"
+    # files source
+    train_files: list[str] = field(default_factory=list)
+    val_files: list[str] = field(default_factory=list)
+    # With no val_files, the LAST val_fraction of the train documents (at least one) is held out.
+    val_fraction: float = 0.01
+    # .txt only: None = one document per line; else documents are split on this string
+    # ("<|endoftext|>", "\n\n", ...) and stripped of surrounding whitespace.
+    separator: str | None = None
+    # synthetic source, and the fallback when the hub is unreachable
+    synthetic_train_stories: int = 50000
+    synthetic_val_stories: int = 1000
+    synthetic_seed: int = 0
+    # None: $GPT_OSS_DATA_DIR, else <repo root>/data
+    cache_dir: str | None = None
+    hf_cache_dir: str | None = None  # None: the datasets library's own cache (~/.cache/huggingface)
+    num_proc: int = 0  # tokenizer processes; 0 = all cores
+    offline_fallback: str = "synthetic"  # "synthetic" | "error" when the hub is unreachable
+    verify_checksum: str = "auto"  # "auto" (files <= 2 GiB) | "always" | "never"
+
+    def __post_init__(self) -> None:
+        # Hydra hands over ListConfig objects; plain lists keep the config picklable and simple.
+        self.train_files = [str(path) for path in self.train_files or []]
+        self.val_files = [str(path) for path in self.val_files or []]
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise DataError naming the first invalid field (files are checked later, by prepare)."""
+        choices = {
+            "source": SOURCES,
+            "offline_fallback": FALLBACKS,
+            "verify_checksum": CHECKSUM_POLICIES,
+        }
+        for name, valid in choices.items():
+            if getattr(self, name) not in valid:
+                raise DataError(
+                    f"data.{name}={getattr(self, name)!r} is invalid: must be one of {', '.join(valid)}"
+                )
+        for name in ("synthetic_train_stories", "synthetic_val_stories"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise DataError(f"data.{name}={getattr(self, name)!r} is invalid: must be >= 1")
+        if not isinstance(self.num_proc, int) or self.num_proc < 0:
+            raise DataError(
+                f"data.num_proc={self.num_proc!r} is invalid: must be >= 0 (0 = all cores)"
+            )
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise DataError(
+                f"data.val_fraction={self.val_fraction!r} is invalid: must be in [0, 1)"
+            )
+        if not self.name or "/" in self.name:
+            raise DataError(f"data.name={self.name!r} is invalid: must be a non-empty folder name")
+        if self.separator == "":
+            raise DataError(
+                "data.separator='' is invalid: use null (one document per line) or a string"
+            )
+
+
+def default_cache_dir() -> Path:
+    """$GPT_OSS_DATA_DIR, else the project's data/ folder (a user cache for non-editable installs)."""
+    if os.environ.get("GPT_OSS_DATA_DIR"):
+        return Path(os.environ["GPT_OSS_DATA_DIR"]).expanduser()
+    root = Path(__file__).resolve().parents[2]
+    if (root / "pyproject.toml").is_file():
+        return root / "data"
+    return Path.home() / ".cache" / "gpt-oss-lab" / "data"
+
+
+def resolve_cache_dir(config: DataConfig) -> Path:
+    """Where prepared token files go: data.cache_dir, else default_cache_dir()."""
+    return Path(config.cache_dir).expanduser() if config.cache_dir else default_cache_dir()
