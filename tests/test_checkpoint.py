@@ -334,7 +334,7 @@ DISK_FULL = textwrap.dedent(
     import sys, torch
     from pathlib import Path
     sys.path.insert(0, sys.argv[2])
-    from conftest import TINY
+    from conftest import UNIT_TEST_SHAPE
     from gpt_oss.training.checkpoint import CheckpointError, save_checkpoint
     from gpt_oss.model.config import ModelConfig
     from gpt_oss.files import DiskFullError, atomic_write
@@ -344,7 +344,7 @@ DISK_FULL = textwrap.dedent(
     (disk / "checkpoints").mkdir()
     previous = disk / "checkpoints" / "last.pt"
     previous.write_bytes(b"the previous checkpoint")
-    model = GptOss(ModelConfig(**TINY))
+    model = GptOss(ModelConfig(**UNIT_TEST_SHAPE))
     try:  # the free-space check before writing
         save_checkpoint(previous, model)
     except CheckpointError as error:

@@ -112,7 +112,7 @@ def test_a_schedule_redefined_over_more_steps_is_said_and_followed(tmp_path, cap
     run(compose_run(*tiny_overrides(tmp_path, *STEPS)), first)
     # composed afresh, schedule.total_steps follows trainer.max_steps: the schedule is redefined
     cfg = compose_run(*tiny_overrides(tmp_path, *STEPS, "trainer.max_steps=8", f"trainer.resume={first}"))
-    with caplog.at_level("INFO", logger="gpt_oss.trainer"):
+    with caplog.at_level("INFO", logger="gpt_oss.training.trainer"):
         run(cfg, second)
     assert "schedule.total_steps 4 -> 8: the schedule is redefined over 8 steps" in caplog.text
     lr = {r["step"]: r["lr"] for r in read_records(second) if r["split"] == "train"}
