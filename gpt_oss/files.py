@@ -167,7 +167,9 @@ def utf8_error(path: str | Path, block_bytes: int = 16 << 20) -> str | None:
                 _, consumed = codecs.utf_8_decode(data, "strict", not block)
             except UnicodeDecodeError as error:
                 bad = offset + error.start
-                return f"byte 0x{data[error.start]:02x} at offset {bad} (line {_line_of(path, bad)})"
+                return (
+                    f"byte 0x{data[error.start]:02x} at offset {bad} (line {_line_of(path, bad)})"
+                )
             offset, pending = offset + consumed, data[consumed:]
             if not block:
                 return None

@@ -152,7 +152,9 @@ def test_a_crafted_sharded_metadata_runs_nothing(sharded, tmp_path):
     assert not marker.exists()
 
 
-def test_a_crafted_trainer_state_in_a_sharded_checkpoint_runs_nothing(sharded, make_model, tmp_path):
+def test_a_crafted_trainer_state_in_a_sharded_checkpoint_runs_nothing(
+    sharded, make_model, tmp_path
+):
     marker = tmp_path / "marker"
     _crafted(sharded / "trainer.pt", marker, make_model())
     with pytest.raises(CheckpointError, match="could run code"):
@@ -190,7 +192,9 @@ def _flip_byte_in_entry(path: Path, suffix: str) -> None:
     with open(path, "r+b") as handle:
         handle.seek(info.header_offset + 26)
         name_length, extra_length = np.frombuffer(handle.read(4), dtype="<u2")
-        handle.seek(info.header_offset + 30 + int(name_length) + int(extra_length) + info.file_size // 2)
+        handle.seek(
+            info.header_offset + 30 + int(name_length) + int(extra_length) + info.file_size // 2
+        )
         byte = handle.read(1)[0]
         handle.seek(-1, 1)
         handle.write(bytes([byte ^ 0x40]))
@@ -200,7 +204,9 @@ def test_a_flipped_bit_in_tensor_data_is_refused_naming_the_file(make_model, tmp
     path = save_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt", make_model(), step=3)
     _flip_byte_in_entry(path, "data/0")  # the data of the first tensor stored
     loaded = torch.load(path, weights_only=True)  # torch alone does not notice
-    assert not torch.equal(loaded["model"]["embed_tokens.weight"], make_model().state_dict()["embed_tokens.weight"])
+    assert not torch.equal(
+        loaded["model"]["embed_tokens.weight"], make_model().state_dict()["embed_tokens.weight"]
+    )
     for load in (read_checkpoint, load_model, lambda p: load_model(p.parent.parent)):
         with pytest.raises(CheckpointError, match=f"{path}.*corrupt.*checksum"):
             load(path)
@@ -281,7 +287,10 @@ def test_a_run_removes_stale_checkpoint_and_data_temporaries_on_start(tmp_path):
     stale_checkpoint = run_dir / "checkpoints" / f".last.pt.{dead}.tmp"
     stale_checkpoint.parent.mkdir(parents=True)
     stale_checkpoint.write_bytes(b"partial")
-    run(compose_run(*tiny_overrides(tmp_path, "trainer.max_steps=1", "trainer.resume=auto")), run_dir)
+    run(
+        compose_run(*tiny_overrides(tmp_path, "trainer.max_steps=1", "trainer.resume=auto")),
+        run_dir,
+    )
     assert not stale_checkpoint.exists()  # resume=auto saw no checkpoint and started fresh
     assert read_checkpoint(run_dir / "checkpoints" / "last.pt")["step"] == 1
 

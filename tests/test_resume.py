@@ -20,7 +20,12 @@ from gpt_oss.train import run
 from gpt_oss.training.checkpoint import CheckpointError, check_resumable, read_checkpoint
 from gpt_oss.training.optim import warmup_cosine
 
-STEPS = ["trainer.max_steps=4", "trainer.checkpoint_every=2", "trainer.eval_every=2", "trainer.log_every=1"]
+STEPS = [
+    "trainer.max_steps=4",
+    "trainer.checkpoint_every=2",
+    "trainer.eval_every=2",
+    "trainer.log_every=1",
+]
 
 
 def train_cli(cwd: Path, *overrides: str) -> subprocess.CompletedProcess:
@@ -47,7 +52,9 @@ def finished(tmp_path_factory) -> Path:
 @pytest.mark.slow
 def test_resuming_a_finished_run_by_its_directory_alone_says_it_is_finished(finished, tmp_path):
     before = snapshot(finished)
-    result = train_cli(tmp_path, f"trainer.resume={finished}", f"hydra.run.dir={tmp_path / 'again'}")
+    result = train_cli(
+        tmp_path, f"trainer.resume={finished}", f"hydra.run.dir={tmp_path / 'again'}"
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "already finished: it is at step 4 of trainer.max_steps=4" in result.stdout
     assert "finished 4 steps" not in result.stdout  # no summary of a run that did not happen
@@ -65,7 +72,9 @@ def test_resuming_by_directory_with_more_steps_continues_and_says_what_changed(f
     assert "the schedule continues as saved (schedule.total_steps=4)" in out
     train = {r["step"]: r for r in read_records(new_dir) if r["split"] == "train"}
     assert sorted(train) == [1, 2, 3, 4, 5, 6]  # the history up to step 4, then two new steps
-    assert math.isclose(train[5]["lr"], train[4]["lr"]) and math.isclose(train[6]["lr"], train[4]["lr"])
+    assert math.isclose(train[5]["lr"], train[4]["lr"]) and math.isclose(
+        train[6]["lr"], train[4]["lr"]
+    )
     config = yaml.safe_load((new_dir / "config.yaml").read_text())
     assert config["model"]["hidden_size"] == 64 and config["trainer"]["max_steps"] == 6
     overrides = yaml.safe_load((new_dir / ".hydra" / "overrides.yaml").read_text())
@@ -80,11 +89,15 @@ def test_resuming_by_directory_with_more_steps_continues_and_says_what_changed(f
     [("optimizer=muon", "optimizer=muon on a resume would change optimizer._target_"),
      ("model.num_experts=8", "num_experts")],
 )  # fmt: skip
-def test_a_refused_resume_leaves_the_run_directory_byte_identical(finished, tmp_path, change, named):
+def test_a_refused_resume_leaves_the_run_directory_byte_identical(
+    finished, tmp_path, change, named
+):
     run_dir = tmp_path / "run"
     shutil.copytree(finished, run_dir)
     before = snapshot(run_dir)
-    assert {".hydra/overrides.yaml", "config.yaml", "train.log", "checkpoints/last.pt"} <= set(before)
+    assert {".hydra/overrides.yaml", "config.yaml", "train.log", "checkpoints/last.pt"} <= set(
+        before
+    )
     result = train_cli(tmp_path, *tiny_overrides(tmp_path, *STEPS), change, "trainer.resume=auto",
                        f"hydra.run.dir={run_dir}")  # fmt: skip
     assert result.returncode == 2, result.stdout[-3000:] + result.stderr[-3000:]
@@ -97,13 +110,17 @@ def test_another_optimizer_is_named_before_any_data_is_prepared(tmp_path):
     run(compose_run(*tiny_overrides(tmp_path, "trainer.max_steps=2")), first)
     shutil.rmtree(tmp_path / "cache")
     cfg = compose_run(*tiny_overrides(tmp_path, "optimizer=muon", f"trainer.resume={first}"))
-    with pytest.raises(CheckpointError, match=r"trained with optimizer=adamw .*this run uses optimizer=muon"):
+    with pytest.raises(
+        CheckpointError, match=r"trained with optimizer=adamw .*this run uses optimizer=muon"
+    ):
         run(cfg, tmp_path / "second")
     assert not (tmp_path / "cache").exists() and not (tmp_path / "second").exists()
     payload = read_checkpoint(first / "checkpoints" / "last.pt")
     assert payload["optimizer_name"] == "AdamW"
     config = ModelConfig.from_dict(payload["model_config"])
-    with pytest.raises(CheckpointError, match="trained with the AdamW optimizer, this run uses Muon"):
+    with pytest.raises(
+        CheckpointError, match="trained with the AdamW optimizer, this run uses Muon"
+    ):
         check_resumable(first / "checkpoints" / "last.pt", payload, config, "Muon")
 
 
@@ -111,7 +128,9 @@ def test_a_schedule_redefined_over_more_steps_is_said_and_followed(tmp_path, cap
     first, second = tmp_path / "first", tmp_path / "second"
     run(compose_run(*tiny_overrides(tmp_path, *STEPS)), first)
     # composed afresh, schedule.total_steps follows trainer.max_steps: the schedule is redefined
-    cfg = compose_run(*tiny_overrides(tmp_path, *STEPS, "trainer.max_steps=8", f"trainer.resume={first}"))
+    cfg = compose_run(
+        *tiny_overrides(tmp_path, *STEPS, "trainer.max_steps=8", f"trainer.resume={first}")
+    )
     with caplog.at_level("INFO", logger="gpt_oss.training.trainer"):
         run(cfg, second)
     assert "schedule.total_steps 4 -> 8: the schedule is redefined over 8 steps" in caplog.text

@@ -95,7 +95,12 @@ def save_sharded(
     files = _merge(_gather(_rank_files(partial, _rank())))  # each rank hashes what it wrote
     if _rank() == 0:
         files[METADATA] = _sha256(partial / METADATA)
-        payload = {"format": FORMAT, "model_config": model.config.to_dict(), "files": files, **state}
+        payload = {
+            "format": FORMAT,
+            "model_config": model.config.to_dict(),
+            "files": files,
+            **state,
+        }
         atomic_save(payload, partial / SHARDED_STATE)
         _replace_directory(partial, directory)
     _barrier()
@@ -251,7 +256,9 @@ def _dcp_load(state: dict[str, Any], directory: Path) -> None:
         try:
             dcp.load(state, storage_reader=reader, planner=_safe_planner(), no_dist=not _in_group())
         except CheckpointException as error:
-            raise CheckpointError(f"sharded checkpoint {directory} cannot be loaded: {error}") from error
+            raise CheckpointError(
+                f"sharded checkpoint {directory} cannot be loaded: {error}"
+            ) from error
 
 
 def load_sharded(

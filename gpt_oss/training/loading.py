@@ -22,7 +22,10 @@ from gpt_oss.training.checkpoint import (
 
 
 def load_model(
-    path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None, **overrides
+    path: str | Path,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | None = None,
+    **overrides,
 ) -> GptOss:
     """A model in eval mode from one of our checkpoints (file or run dir, best.pt before
     last.pt) or a Hugging Face directory; CheckpointError naming the path otherwise.
@@ -33,7 +36,10 @@ def load_model(
 
 
 def load_with_run_config(
-    path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None, **overrides
+    path: str | Path,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | None = None,
+    **overrides,
 ) -> tuple[GptOss, dict[str, Any]]:
     """load_model's model in eval mode, and the run config stored with it ({} if none).
 
