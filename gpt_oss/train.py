@@ -8,6 +8,7 @@ training starts.
 from __future__ import annotations
 
 import logging
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -34,33 +35,69 @@ from gpt_oss.training.checkpoint import (
     read_checkpoint,
     resolve_resume,
 )
+from gpt_oss.training.tracking import LoggerGroup, read_metrics, short_run_name
 
 log = logging.getLogger("gpt_oss.train")
 schema.register()
 
 
 def job_identity(cfg: DictConfig) -> tuple[str | None, str | None]:
-    """(W&B group, run name): a sweep shares one group; a run is named by its overrides."""
+    """(W&B group, run name): a sweep shares one group and names each job by its swept keys
+    (`num_experts=8`); a single run is named by its overrides, keys shortened, at most 64 chars."""
     if not HydraConfig.initialized():
         return None, None
     hc = HydraConfig.get()
-    overrides = hc.job.override_dirname or None
+    excluded = set(hc.job.config.override_dirname.exclude_keys)
+    overrides = [o for o in hc.overrides.task if o.partition("=")[0].lstrip("+~") not in excluded]
     if hc.mode == RunMode.MULTIRUN:
         sweep = Path(hc.sweep.dir)  # outputs/multirun/<date>/<time>: both parts, unique per sweep
-        return f"{cfg.name}-{sweep.parent.name}-{sweep.name}", overrides or f"job{hc.job.num}"
-    return None, overrides
+        name = short_run_name(overrides, swept_keys(hc)) or f"job{hc.job.num}"
+        return seed_group(f"{cfg.name}-{sweep.parent.name}-{sweep.name}", overrides), name
+    return None, short_run_name(overrides)
 
 
-def provenance() -> dict[str, Any]:
-    """Versions and git commit, so a run directory says what produced it."""
+def seed_group(sweep_group: str, overrides: list[str]) -> str:
+    """A sweep job's W&B group: the sweep's; or, when the job sets trainer.seed,
+    '<sweep group>/<its other overrides>', so W&B aggregates the seeds of one setting
+    (compare --wandb-group <sweep group> still reads them all)."""
+    if not any(o.lstrip("+~").partition("=")[0] == "trainer.seed" for o in overrides):
+        return sweep_group
+    others = [o for o in overrides if o.lstrip("+~").partition("=")[0] != "trainer.seed"]
+    return f"{sweep_group}/{','.join(others) or 'default'}"
+
+
+def swept_keys(hc: Any) -> set[str]:
+    """The keys a multirun sweeps: the sweeper's params (an experiment's hydra.sweeper.params)
+    and the command line's sweep overrides (`k=a,b`, `k=range(...)`), read from the sweep's
+    multirun.yaml, which holds the command line as typed."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    keys = {str(k).lstrip("+~") for k in (hc.sweeper.get("params") or {})}
+    multirun = Path(hc.sweep.dir) / "multirun.yaml"
+    if multirun.is_file():
+        typed = OmegaConf.load(multirun).hydra.overrides.task
+        parsed = OverridesParser.create().parse_overrides(list(typed))
+        keys |= {o.key_or_group for o in parsed if o.is_sweep_override()}
+    return keys
+
+
+def provenance(overrides: list[str] | None = None) -> dict[str, Any]:
+    """Versions, git commit and dirty flag, and the command line's overrides, so a run
+    directory (and its W&B run, whose name is short) says what produced it."""
+    source = Path(__file__).parent
+    commit, dirty = _git(["rev-parse", "HEAD"], source), _git(["status", "--porcelain"], source)
+    return {"torch": str(torch.__version__), "python": sys.version.split()[0],
+            "git_commit": commit, "git_dirty": None if commit is None else bool(dirty),
+            "overrides": list(overrides or [])}
+
+
+def _git(args: list[str], cwd: Path) -> str | None:
+    """A git command's stripped output; None outside a checkout or without git."""
     try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-            cwd=Path(__file__).parent,
-        ).stdout.strip() or None
+        done = subprocess.run(["git", *args], capture_output=True, text=True, timeout=5, cwd=cwd)
     except (OSError, subprocess.SubprocessError):
-        commit = None
-    return {"torch": str(torch.__version__), "python": sys.version.split()[0], "git_commit": commit}
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
 
 
 def run(cfg: DictConfig, run_dir: str | Path, overrides: list[str] | None = None) -> dict[str, Any]:
@@ -121,8 +158,10 @@ def check_resume(cfg: DictConfig, parts: dict[str, Any], run_dir: Path) -> dict[
         f"trainer.max_steps=<more than {payload['step']}>.",
         flush=True,
     )
+    val = [r for r in read_metrics(path.parent.parent / "metrics.jsonl") if r.get("split") == "val"]
     return {"steps": payload["step"], "already_finished": True, "checkpoint": str(path),
-            "best_val_loss": payload["best_val"]}  # fmt: skip
+            "best_val_loss": payload["best_val"],
+            "best_val_bpb": min((r["bpb"] for r in val), default=math.nan)}  # fmt: skip
 
 
 def _train(cfg: DictConfig, parts: dict[str, Any], run_dir: Path, world: distributed.World) -> dict[str, Any]:
@@ -130,17 +169,17 @@ def _train(cfg: DictConfig, parts: dict[str, Any], run_dir: Path, world: distrib
     from gpt_oss.training.trainer import Trainer, format_summary, seed_everything
 
     group, name = job_identity(cfg)
-    logger = make(cfg.logger, "logger", **_missing_identity(cfg.logger, group, name))
+    logger = make_loggers(cfg.logger, group, name)
     data = prepare_data(parts["data_config"], world)  # rank 0 first, then the others
     seed_everything(parts["trainer_config"].seed)
     model = build_model(parts["model_config"], meta=parts["trainer_config"].meta_init)
     run_config = OmegaConf.to_container(cfg, resolve=True)
     run_config["data"]["fallback"] = data.fallback  # None, or why TinyStories was replaced
     run_config["data_prepared"] = data.summary()  # what was actually read: source, sizes, sha256
-    if data.fallback and hasattr(logger, "tags"):
-        logger.tags.append("synthetic-fallback")  # visible in the W&B run list, not only its config
+    if data.fallback:
+        logger.add_tags("synthetic-fallback")  # visible in the W&B run list, not only its config
     run_config["parameters"] = parameter_counts(parts["model_config"])
-    run_config["provenance"] = provenance()
+    run_config["provenance"] = provenance(_task_overrides())
     trainer = Trainer(model, parts["optimizer"], parts["schedule"], data, parts["trainer_config"],
                       run_dir, logger, run_config)
     trainer.resume()  # checks the checkpoint fits before the run directory is written
@@ -148,7 +187,11 @@ def _train(cfg: DictConfig, parts: dict[str, Any], run_dir: Path, world: distrib
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(run_config)))
         write_hydra_record(run_dir, cfg, trainer.resumed_from)
-    summary = trainer.fit()
+    try:
+        summary = trainer.fit()
+    except BaseException:  # diverged, interrupted, failed: keep what the loggers hold so far
+        logger.finish(exit_code=1)
+        raise
     if world.is_main:
         print(format_summary(summary), flush=True)
     return summary
@@ -179,9 +222,30 @@ def follower_overrides(argv: list[str]) -> list[str]:
     return ["hydra.run.dir=.", "hydra.output_subdir=null", *logging_overrides]
 
 
+def make_loggers(node: DictConfig, group: str | None = None, name: str | None = None) -> LoggerGroup:
+    """Every logger the `logger` group selected (logger=[wandb,tensorboard,csv]), as one.
+    A W&B group or name left null gets the sweep's group and the run's short name."""
+    loggers = {}
+    for key, entry in node.items():
+        if not OmegaConf.is_dict(entry) or "_target_" not in entry:
+            raise ConfigError(
+                f"logger.{key}={OmegaConf.to_container(entry) if OmegaConf.is_config(entry) else entry!r} "
+                "is not a logger: `logger` holds one entry per logger, chosen with logger=wandb or "
+                "logger=[wandb,tensorboard,csv]; set a logger's options under its name, e.g. "
+                f"logger.wandb.{key}=..."
+            )
+        loggers[str(key)] = make(entry, f"logger.{key}", **_missing_identity(entry, group, name))
+    return LoggerGroup(loggers)
+
+
 def _missing_identity(logger_cfg: DictConfig, group: str | None, name: str | None) -> dict[str, str]:
     fields = {"group": group, "name": name}
     return {k: v for k, v in fields.items() if v is not None and k in logger_cfg and logger_cfg[k] is None}
+
+
+def _task_overrides() -> list[str]:
+    """The command line's overrides of this job (Hydra's task overrides); [] outside Hydra."""
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
 
 
 def pin_sweep_gpu() -> str | None:
@@ -305,6 +369,7 @@ def write_hydra_record(run_dir: Path, cfg: DictConfig, resumed_from: Path | None
     (record / "overrides.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(overrides)))
 
 
+@schema.checked_command_line(schema.RunConfig)
 @hydra.main(version_base=None, config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> float:
     pin_sweep_gpu()  # first: CUDA reads CUDA_VISIBLE_DEVICES once, at its first use
@@ -316,7 +381,7 @@ def main(cfg: DictConfig) -> float:
         # stderr, not the log file: a refused resume leaves its run directory as it was
         print(f"{type(error).__name__}: {error}", file=sys.stderr, flush=True)
         raise SystemExit(2) from error
-    return summary["best_val_loss"]  # what a sweeper (e.g. Optuna) minimises
+    return summary["best_val_bpb"]  # what a sweeper minimises (conf/hparams_search/optuna.yaml)
 
 
 def _data_error() -> type[Exception]:

@@ -17,7 +17,7 @@ from hydra.errors import ConfigCompositionException
 from gpt_oss.model.config import ConfigError
 from gpt_oss.schema import build
 from gpt_oss.train import run
-from gpt_oss.training.checkpoint import CheckpointError, read_checkpoint
+from gpt_oss.training.checkpoint import CheckpointError
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
@@ -50,7 +50,8 @@ def test_every_config_in_conf_composes():
     for group, options in groups.items():
         for option in options:
             cfg = compose_run(f"{group}={option}")
-            assert cfg[group] is not None, (group, option)
+            if group not in ("experiment", "debug", "hparams_search"):  # those are _global_
+                assert cfg[group] is not None, (group, option)
             parts = build(cfg)  # instantiates and validates every group
             assert parts["model_config"].num_hidden_layers >= 1
 
@@ -159,18 +160,3 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_checkpoint(tmp_path):
     cfg = compose_run(*tiny_overrides(tmp_path, "trainer.max_steps=6", "optimizer.lr=1e30", "trainer.grad_clip=0"))
     with pytest.raises(TrainingDiverged, match=r"at step \d+"):
         run(cfg, tmp_path / "run")
-
-
-def test_wandb_offline_run_holds_metrics_and_config(tmp_path, monkeypatch):
-    monkeypatch.delenv("WANDB_API_KEY", raising=False)
-    monkeypatch.setenv("WANDB_SILENT", "true")
-    cfg = compose_run(*tiny_overrides(tmp_path, "logger=wandb", "logger.mode=offline", "trainer.max_steps=4"))
-    run_dir = tmp_path / "run"
-    run(cfg, run_dir)
-    offline = list((run_dir / "wandb").glob("offline-run-*"))
-    assert len(offline) == 1
-    files = list(offline[0].glob("*.wandb"))
-    assert files and files[0].stat().st_size > 0
-    text = files[0].read_bytes()  # W&B's own log format: protobuf records, keys in clear
-    assert b"train/loss" in text and b"val/loss" in text and b"model.hidden_size" in text
-    assert read_checkpoint(run_dir / "checkpoints" / "last.pt")["wandb_run_id"]

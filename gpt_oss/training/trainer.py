@@ -35,6 +35,7 @@ from gpt_oss.training.checkpoint import (
     schedule_change,
 )
 from gpt_oss.training.checkpoint_sharded import load_sharded, read_trainer_state, save_sharded
+from gpt_oss.training.debugging import RepeatedBatches, StepProfiler
 from gpt_oss.training.distributed import (
     PARALLEL_MODES,
     checkpoint_blocks,
@@ -50,6 +51,7 @@ from gpt_oss.training.distributed import (
 from gpt_oss.training.metrics import bits_per_byte, flops_per_token, peak_flops
 from gpt_oss.training.runtime import keep_freed_memory
 from gpt_oss.training.tracking import MetricsFile, NullLogger, read_metrics
+from gpt_oss.validation import check_fields, ranged
 
 log = logging.getLogger(__name__)
 
@@ -60,46 +62,37 @@ NAN_POLICIES = ("error", "skip")
 class TrainerConfig:
     """How to train. batch_size is the global batch in sequences (all accumulation and ranks)."""
 
-    max_steps: int = 2000
-    batch_size: int = 16
-    grad_accum: int = 1
-    seq_len: int = 512
-    eval_every: int = 200
-    eval_batches: int = 20  # validation windows per evaluation, in micro-batches
-    checkpoint_every: int = 500
-    log_every: int = 10
+    max_steps: int = ranged(2000, "[1, inf)")
+    batch_size: int = ranged(16, "[1, inf)")
+    grad_accum: int = ranged(1, "[1, inf)")
+    seq_len: int = ranged(512, "[1, inf)")
+    eval_every: int = ranged(200, "[1, inf)")
+    eval_batches: int = ranged(20, "[1, inf)")  # validation windows per evaluation, in micro-batches
+    checkpoint_every: int = ranged(500, "[1, inf)")
+    log_every: int = ranged(10, "[1, inf)")
     resume: str | None = (
         None  # a run dir, a checkpoint file, or "auto" (this run dir if it has one)
     )
     device: str = "auto"  # auto = cuda when present, else cpu
     precision: str = "auto"  # auto = bf16 autocast on GPU, float32 on CPU
     compile: bool = False  # torch.compile each block and the chunked loss's softmax
-    seed: int = 1337
-    grad_clip: float = 1.0  # 0 disables clipping
+    seed: int = ranged(1337, "[0, 4294967295]")  # numpy takes seeds below 2**32
+    grad_clip: float = ranged(1.0, "[0, inf)")  # 0 disables clipping
     nan_policy: str = "error"  # error: stop, keep the last good checkpoint; skip: drop the step
-    max_skipped_steps: int = 10
+    max_skipped_steps: int = ranged(10, "[0, inf)")
     parallel: str = "none"  # none | ddp | fsdp (launch with torchrun or SLURM, one process per GPU)
     activation_checkpointing: bool = False  # recompute each block in backward: memory for time
     meta_init: bool = False  # fsdp: build on the meta device, initialise only this rank's shards
     progress: bool = True
+    # conf/debug/: train on the first N batches only, over and over (0 = off); profile the
+    # first N steps with torch.profiler into <run dir>/profile/ (0 = off)
+    overfit_batches: int = ranged(0, "[0, inf)")
+    profile_steps: int = ranged(0, "[0, inf)")
 
     def validate(self, world_size: int = 1) -> None:
-        """Raise ConfigError naming the first impossible field."""
-        for name in (
-            "max_steps",
-            "batch_size",
-            "grad_accum",
-            "seq_len",
-            "eval_every",
-            "eval_batches",
-            "checkpoint_every",
-            "log_every",
-        ):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ConfigError(
-                    f"trainer.{name}={value!r} is invalid: must be a positive integer"
-                )
+        """Raise ConfigError naming the first impossible field: its declared range, then the
+        checks across fields."""
+        check_fields(self, "trainer")
         if self.batch_size % (self.grad_accum * world_size):
             raise ConfigError(
                 f"trainer.batch_size={self.batch_size} is invalid: must be a multiple of "
@@ -188,9 +181,8 @@ class Trainer:
         if config.compile:
             for block in self.model.layers:
                 block.compile()
-            self.model.compiled_loss = True
         self.loss_fn = parallelize(
-            self.model, config.parallel, self.device
+            self.model, config.parallel, self.device, compiled=config.compile
         )  # model.loss, DDP or FSDP
         self.optimizer = optimizer_factory(self.model)
         self.schedule = schedule_factory(self.optimizer)
@@ -205,6 +197,8 @@ class Trainer:
             rank=self.world.rank,
             world_size=self.world.size,
         )
+        if config.overfit_batches:
+            self.train_loader = RepeatedBatches(self.train_loader, config.overfit_batches)
         self.val_loader = ValLoader(
             data.val.tokens,
             micro,
@@ -216,6 +210,7 @@ class Trainer:
         self.run_config = run_config or {}
         self.metrics = MetricsFile(self.run_dir / "metrics.jsonl")
         self.step, self.best_val, self.skipped, self.tokens_seen = 0, math.inf, 0, 0
+        self.counts_since_eval: torch.Tensor | None = None  # (layers, experts), for the loggers
         self.flops_per_token = flops_per_token(model.config, config.seq_len)
         self.peak = None
         self.resumed_from: Path | None = None  # the checkpoint restored, once resume() ran
@@ -225,7 +220,7 @@ class Trainer:
     def fit(self) -> dict[str, Any]:
         """Train to max_steps (resuming first if asked); returns the summary."""
         self.resume()
-        self.logger.start(self.run_dir, self.run_config, run_id=self._run_id)
+        self.logger.start(self.run_dir, self.run_config, run_id=self._run_id, step=self.step)
         if self.world.is_main:  # for MFU; on a CPU a timed matmul: before the clock starts
             self.peak = peak_flops(self.device, self.dtype or torch.float32) * self.world.size
         started, last_log = time.perf_counter(), (time.perf_counter(), self.step)
@@ -238,8 +233,12 @@ class Trainer:
             mininterval=1.0,
             dynamic_ncols=True,
         )
+        profile_steps = self.config.profile_steps if self.world.is_main else 0
+        profiler = StepProfiler(profile_steps, self.run_dir / "profile", self.device)
         while self.step < self.config.max_steps:
             stats = self.train_step()
+            self._note_expert_counts(stats.expert_counts)
+            profiler.step()
             self.step += 1
             self.tokens_seen += self.config.batch_size * self.config.seq_len
             bar.update(1)
@@ -248,6 +247,7 @@ class Trainer:
             if self._maybe_evaluate_and_save():  # tokens/s counts training time only
                 last_log = (time.perf_counter(), self.step)
         bar.close()
+        profiler.close()
         summary = self._summary(time.perf_counter() - started)
         self.logger.summary(summary)
         self.logger.finish()
@@ -346,7 +346,17 @@ class Trainer:
         self.logger.log({f"val/{k}": v for k, v in result.items()}, step=self.step)
         plot = plot_losses(self.metrics.read(), self.run_dir / "loss.png", title=self.run_dir.name)
         self.logger.log_image("loss_curve", plot, step=self.step)
+        if self.counts_since_eval is not None:  # one table per evaluation, not a scalar per expert
+            self.logger.log_expert_load(expert_load(self.counts_since_eval), step=self.step)
+            self.counts_since_eval = None
         return result
+
+    def _note_expert_counts(self, counts: torch.Tensor) -> None:
+        """Add a step's (layers, experts) assignment counts to those since the last evaluation."""
+        if self.counts_since_eval is None:
+            self.counts_since_eval = counts.detach().clone()
+        else:
+            self.counts_since_eval += counts
 
     def _log_train(self, stats: StepStats, last_log: tuple[float, int], bar) -> tuple[float, int]:
         now = time.perf_counter()
@@ -375,9 +385,7 @@ class Trainer:
         flat = {
             f"train/{k}": v for k, v in record.items() if k not in ("step", "split", "expert_load")
         }
-        for layer, load in enumerate(record["expert_load"]):
-            flat |= {f"expert_load/layer{layer}/expert{e}": share for e, share in enumerate(load)}
-        self.logger.log(flat, step=self.step)
+        self.logger.log(flat, step=self.step)  # expert load: per evaluation (log_expert_load)
         bar.set_postfix(loss=f"{stats.ce:.3f}", tok_s=f"{tokens_per_s:,.0f}", refresh=False)
         return now, self.step
 
@@ -387,9 +395,12 @@ class Trainer:
         with everything needed to continue exactly."""
         folder, state = self.run_dir / "checkpoints", self._training_state()
         if self.config.parallel != "none":
-            return save_sharded(folder / name, self.model, self.optimizer, state)
-        optimizer = self.optimizer.state_dict()
-        return save_checkpoint(folder / f"{name}.pt", self.model, optimizer=optimizer, **state)
+            path = save_sharded(folder / name, self.model, self.optimizer, state)
+        else:
+            optimizer = self.optimizer.state_dict()
+            path = save_checkpoint(folder / f"{name}.pt", self.model, optimizer=optimizer, **state)
+        self.logger.log_checkpoint(path, name, step=self.step)  # W&B artifacts, when asked for
+        return path
 
     def _training_state(self) -> dict[str, Any]:
         """Everything but weights and optimizer moments: tensors and plain values only."""
@@ -484,6 +495,7 @@ class Trainer:
             "tokens_seen": self.tokens_seen,
             "seconds": seconds,
             "best_val_loss": min((r["loss"] for r in val), default=math.nan),
+            "best_val_bpb": min((r["bpb"] for r in val), default=math.nan),
             "final_val_loss": val[-1]["loss"] if val else math.nan,
             "final_val_bpb": val[-1]["bpb"] if val else math.nan,
             "final_train_loss": train[-1]["loss"] if train else math.nan,
