@@ -21,6 +21,7 @@ from gpt_oss.model.hf import export_hf
 from gpt_oss.model.precision import DTYPES
 from gpt_oss.training.checkpoint import (
     CheckpointError,
+    checkpoint_vocabulary,
     find_checkpoint,
     no_checkpoint_message,
     save_checkpoint,
@@ -46,9 +47,13 @@ def consolidate_checkpoint(
     if out is None:
         out = directory.with_name(directory.name.removesuffix(".old") + ".pt")
     run_config = state.get("run_config")
-    save_checkpoint(out, model, step=state["step"], run_config=run_config, source=str(directory))
+    vocabulary = checkpoint_vocabulary(state, directory)  # checked before anything is written
+    save_checkpoint(
+        out, model, step=state["step"], run_config=run_config, source=str(directory),
+        vocabulary=state.get("vocabulary"),
+    )
     if hf_dir is not None:
-        export_hf(model, hf_dir, dtype)
+        export_hf(model, hf_dir, dtype, vocabulary=vocabulary)
     return Path(out)
 
 

@@ -7,6 +7,7 @@ training starts.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import subprocess
@@ -23,10 +24,12 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError
 
 from gpt_oss import schema
-from gpt_oss.data.prepare import prepare_data
-from gpt_oss.model.config import ConfigError
+from gpt_oss.data.config import DataConfig
+from gpt_oss.data.prepare import PreparedData, prepare_data
+from gpt_oss.model.config import ConfigError, ModelConfig
 from gpt_oss.model.model import build_model
-from gpt_oss.schema import build, make
+from gpt_oss.model.vocabulary import VocabularyError, follow_data
+from gpt_oss.schema import build, make, vocabulary_setting
 from gpt_oss.training import distributed
 from gpt_oss.training.checkpoint import (
     SHARDED_STATE,
@@ -171,17 +174,28 @@ def _train(cfg: DictConfig, parts: dict[str, Any], run_dir: Path, world: distrib
     group, name = job_identity(cfg)
     logger = make_loggers(cfg.logger, group, name)
     data = prepare_data(parts["data_config"], world)  # rank 0 first, then the others
+    model_config = follow_data_vocabulary(parts["model_config"], data, parts["data_config"])
     seed_everything(parts["trainer_config"].seed)
-    model = build_model(parts["model_config"], meta=parts["trainer_config"].meta_init)
+    model = build_model(model_config, meta=parts["trainer_config"].meta_init)
     run_config = OmegaConf.to_container(cfg, resolve=True)
+    # what auto and null resolved to, so config.yaml reruns as this run
+    run_config["data"]["vocabulary"] = data.vocabulary.kind
+    run_config["data"]["vocab_size"] = data.vocabulary.size
+    run_config["model"]["vocab_size"] = model_config.vocab_size
     run_config["data"]["fallback"] = data.fallback  # None, or why TinyStories was replaced
     run_config["data_prepared"] = data.summary()  # what was actually read: source, sizes, sha256
     if data.fallback:
         logger.add_tags("synthetic-fallback")  # visible in the W&B run list, not only its config
-    run_config["parameters"] = parameter_counts(parts["model_config"])
+    run_config["parameters"] = parameter_counts(model_config)
     run_config["provenance"] = provenance(_task_overrides())
     trainer = Trainer(model, parts["optimizer"], parts["schedule"], data, parts["trainer_config"],
                       run_dir, logger, run_config)
+    trainer.resume()  # checks the checkpoint fits before the run directory is written
+    if world.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(run_config)))
+    trainer = Trainer(model, parts["optimizer"], parts["schedule"], data, parts["trainer_config"],
+                      run_dir, logger, run_config, vocabulary=data.vocabulary)
     trainer.resume()  # checks the checkpoint fits before the run directory is written
     if world.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -195,6 +209,13 @@ def _train(cfg: DictConfig, parts: dict[str, Any], run_dir: Path, world: distrib
     if world.is_main:
         print(format_summary(summary), flush=True)
     return summary
+
+
+def follow_data_vocabulary(model_config: ModelConfig, data: PreparedData, data_config: DataConfig) -> ModelConfig:
+    """The model config with the prepared data's vocabulary size (null follows it); a stated
+    size that disagrees is a ConfigError naming both, before any model is built."""
+    size = follow_data(model_config.vocab_size, data.vocabulary.size, vocabulary_setting(data_config))
+    return dataclasses.replace(model_config, vocab_size=size)
 
 
 def _drop_log_files() -> None:
@@ -377,7 +398,7 @@ def main(cfg: DictConfig) -> float:
     run_dir, overrides = Path(hc.runtime.output_dir), list(hc.overrides.task)
     try:
         summary = run(cfg, run_dir, overrides)
-    except (ConfigError, CheckpointError, InterpolationResolutionError, _data_error()) as error:
+    except (ConfigError, CheckpointError, VocabularyError, InterpolationResolutionError, _data_error()) as error:
         # stderr, not the log file: a refused resume leaves its run directory as it was
         print(f"{type(error).__name__}: {error}", file=sys.stderr, flush=True)
         raise SystemExit(2) from error

@@ -46,7 +46,7 @@ from gpt_oss.training.distributed import (
     launch_env,
     launch_world,
 )
-from gpt_oss.training.loading import load_model
+from gpt_oss.training.loading import load_model, load_vocabulary
 from gpt_oss.training.trainer import TrainerConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -240,8 +240,12 @@ def test_fsdp_in_one_process_writes_shards_that_consolidate_to_our_format_and_hf
     consolidate_main([str(run_dir), "--hf", str(tmp_path / "hf")])
     assert read_checkpoint(run_dir / "checkpoints" / "best.pt")["step"] == 2
     model, exported = load_model(run_dir), import_hf(tmp_path / "hf")  # the run dir now loads
-    inputs = torch.randint(0, 201088, (1, 12))
+    inputs = torch.randint(0, model.config.vocab_size, (1, 12))
     torch.testing.assert_close(exported(inputs), model(inputs))
+    # the compact vocabulary's map survives sharding, consolidation and export
+    vocabulary = load_vocabulary(run_dir)
+    assert vocabulary.kind == "compact" and vocabulary.size == model.config.vocab_size
+    assert load_vocabulary(tmp_path / "hf") == vocabulary
 
 
 def _assert_same_losses(records: list[dict], expected: list[dict], tolerance: float) -> None:

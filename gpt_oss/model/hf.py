@@ -16,11 +16,20 @@ from safetensors.torch import save_file
 
 from gpt_oss.model.config import ConfigError, ModelConfig
 from gpt_oss.model.model import GptOss
-from gpt_oss.model.tokenizer import ENDOFTEXT_ID
+from gpt_oss.model.tokenizer import ENDOFTEXT_ID, VOCAB_SIZE
+from gpt_oss.model.vocabulary import (
+    FullVocabulary,
+    Vocabulary,
+    VocabularyError,
+    vocabulary_from_dict,
+)
 from gpt_oss.training.checkpoint import CheckpointError, build_with_state
 
 FP4_VALUES = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0)
 SHARD_BYTES = 4 * 2**30
+# Beside config.json in an export of a compact-vocabulary model: Vocabulary.to_dict(), the
+# o200k ids the model's ids stand for (README: "Tokenizing for a compact export").
+VOCABULARY_FILE = "compact_vocabulary.json"
 
 # Our field -> Hugging Face GptOssConfig field, where the names differ.
 _HF_NAMES = {
@@ -88,8 +97,9 @@ _ARCHITECTURES = ("GptOssForCausalLM", "GptOssModel")
 _QUANTIZATIONS = ("mxfp4",)  # read_hf_state_dict dequantizes *_blocks / *_scales
 
 
-def hf_config(config: ModelConfig) -> dict:
-    """config.json for transformers' GptOssForCausalLM (config_from_hf reads it back equal)."""
+def hf_config(config: ModelConfig, vocabulary: Vocabulary | None = None) -> dict:
+    """config.json for transformers' GptOssForCausalLM (config_from_hf reads it back equal):
+    vocab_size is the model's, compact or full; eos_token_id is <|endoftext|>'s id in it."""
     if config.qk_norm or config.scale_embeddings:
         raise CheckpointError(
             "Hugging Face GptOss has no qk_norm or scale_embeddings: export needs both false "
@@ -104,7 +114,9 @@ def hf_config(config: ModelConfig) -> dict:
         "rope_theta": config.rope_theta,
         "rope_scaling": _hf_rope(config),
     }
-    if config.vocab_size > ENDOFTEXT_ID:
+    if vocabulary is not None:
+        out["eos_token_id"] = vocabulary.endoftext_id
+    elif config.vocab_size > ENDOFTEXT_ID:
         out["eos_token_id"] = ENDOFTEXT_ID
     return out
 
@@ -274,15 +286,29 @@ def _check_attention_factor(rope: dict, factor: float) -> None:
         )
 
 
-def export_hf(model: GptOss, directory: str | Path, dtype: torch.dtype | None = None) -> Path:
-    """Write config.json and safetensors shards that GptOssForCausalLM.from_pretrained loads."""
+def export_hf(
+    model: GptOss,
+    directory: str | Path,
+    dtype: torch.dtype | None = None,
+    vocabulary: Vocabulary | None = None,
+) -> Path:
+    """Write config.json and safetensors shards that GptOssForCausalLM.from_pretrained loads.
+
+    vocabulary: the model's (see checkpoint.load_vocabulary); a compact one is written beside
+    config.json as compact_vocabulary.json, which import_hf and load_model read back.
+    """
     directory = Path(directory)
+    if vocabulary is not None and vocabulary.size != model.config.vocab_size:
+        raise CheckpointError(
+            f"the {vocabulary.kind} vocabulary has {vocabulary.size} ids but the model's "
+            f"vocab_size is {model.config.vocab_size}"
+        )
     if any(b.mlp.router.selection_bias.any() for b in model.layers):
         raise CheckpointError(
             "this model routes with a learned selection bias (balancing=bias), which Hugging "
             "Face GptOss cannot represent; export would change its outputs"
         )
-    config = hf_config(model.config)
+    config = hf_config(model.config, vocabulary)
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {}
     for name, tensor in model.state_dict().items():
@@ -292,8 +318,34 @@ def export_hf(model: GptOss, directory: str | Path, dtype: torch.dtype | None = 
         tensors[key] = tensor.detach().to(dtype or tensor.dtype).contiguous().cpu()
     config["torch_dtype"] = str(dtype or model.lm_head.weight.dtype).removeprefix("torch.")
     _write_shards(tensors, directory)
+    vocabulary_path = directory / VOCABULARY_FILE
+    if vocabulary is not None and vocabulary.kind == "compact":
+        vocabulary_path.write_text(json.dumps(vocabulary.to_dict()))
+    else:
+        vocabulary_path.unlink(missing_ok=True)  # a stale map must not outlive its model
     (directory / "config.json").write_text(json.dumps(config, indent=2))
     return directory
+
+
+def hf_vocabulary(directory: str | Path) -> Vocabulary | None:
+    """The vocabulary of a Hugging Face directory: compact_vocabulary.json when there is one
+    (our export of a compact model), else the full o200k_harmony one for a 201088-id model
+    (release weights); None for a model of raw ids. CheckpointError when the map is damaged
+    or does not fit config.json's vocab_size."""
+    directory = Path(directory)
+    vocab_size = json.loads((directory / "config.json").read_text()).get("vocab_size")
+    path = directory / VOCABULARY_FILE
+    if not path.is_file():
+        return FullVocabulary() if vocab_size == VOCAB_SIZE else None
+    try:
+        vocabulary = vocabulary_from_dict(json.loads(path.read_text()))
+    except (VocabularyError, json.JSONDecodeError) as error:
+        raise CheckpointError(f"{path} is unusable: {error}") from error
+    if vocabulary.size != vocab_size:
+        raise CheckpointError(
+            f"{path} holds {vocabulary.size} ids but config.json says vocab_size={vocab_size}"
+        )
+    return vocabulary
 
 
 def _write_shards(tensors: dict[str, torch.Tensor], directory: Path) -> None:

@@ -25,6 +25,8 @@ import torch
 from gpt_oss.files import DiskFullError, atomic_write, is_temporary
 from gpt_oss.model.config import IMPLEMENTATION_FIELDS, ModelConfig
 from gpt_oss.model.model import GptOss, yarn_inverse_frequencies
+from gpt_oss.model.tokenizer import VOCAB_SIZE
+from gpt_oss.model.vocabulary import Vocabulary, VocabularyError, vocabulary_from_dict
 
 FORMAT = "gpt-oss-lab/1"
 SHARDED_STATE = "trainer.pt"  # rank 0's training state inside a sharded checkpoint directory
@@ -75,7 +77,11 @@ def atomic_save(payload: Any, path: str | Path) -> Path:
 
 def save_checkpoint(path: str | Path, model: GptOss, **state: Any) -> Path:
     """Write model weights and config plus any training state (optimizer, step, ...): tensors
-    and plain values only (they load with weights_only=True)."""
+    and plain values only (they load with weights_only=True).
+
+    state["vocabulary"] (Vocabulary.to_dict(), plain data) is the map from o200k ids to the
+    model's ids, which loading.load_with_vocabulary gives back to generate and evaluate.
+    """
     payload = {
         "format": FORMAT,
         "model_config": model.config.to_dict(),
@@ -83,6 +89,25 @@ def save_checkpoint(path: str | Path, model: GptOss, **state: Any) -> Path:
         **state,
     }
     return atomic_save(payload, path)
+
+
+def checkpoint_vocabulary(payload: dict[str, Any], where: str | Path) -> Vocabulary | None:
+    """The vocabulary stored with a checkpoint: its map when it has one, else the full one for
+    a 201088-id model; None for a model of raw ids (no map, another size: e.g. a test model).
+    CheckpointError when the map is damaged or does not fit the model's vocab_size."""
+    vocab_size = payload["model_config"].get("vocab_size")
+    if payload.get("vocabulary") is None:
+        return vocabulary_from_dict(None) if vocab_size == VOCAB_SIZE else None
+    try:
+        vocabulary = vocabulary_from_dict(payload["vocabulary"])
+    except VocabularyError as error:
+        raise CheckpointError(f"{where}: its vocabulary is unusable: {error}") from error
+    if vocabulary.size != vocab_size:
+        raise CheckpointError(
+            f"{where}: its {vocabulary.kind} vocabulary has {vocabulary.size} ids but the model's "
+            f"vocab_size is {vocab_size}"
+        )
+    return vocabulary
 
 
 # ------------------------------------------------------------------------------ reading
@@ -274,11 +299,14 @@ def restore_rng(state: dict[str, Any]) -> None:
 
 
 def model_config_differences(saved: dict[str, Any], now: ModelConfig) -> dict[str, tuple]:
-    """{field: (now, saved)} for the fields that change weights or maths (kernels may differ)."""
+    """{field: (now, saved)} for the fields that change weights or maths (kernels may differ;
+    a vocab_size of None follows the data and is compared once the data is prepared)."""
     return {
         name: (value, saved.get(name))
         for name, value in now.to_dict().items()
-        if saved.get(name) != value and name not in IMPLEMENTATION_FIELDS
+        if saved.get(name) != value
+        and name not in IMPLEMENTATION_FIELDS
+        and not (name == "vocab_size" and value is None)
     }
 
 
@@ -306,6 +334,16 @@ def check_resumable(
         raise CheckpointError(
             f"{path} was trained with the {saved} optimizer, this run uses {optimizer}: resume "
             f"with the run's optimizer (optimizer={saved.lower()}), or start a new run"
+        )
+
+
+def check_vocabulary(path: Path, payload: dict[str, Any], vocabulary: Vocabulary | None) -> None:
+    """CheckpointError when the checkpoint's token ids mean other tokens than `vocabulary`'s
+    (the run's prepared data's)."""
+    if (stored := checkpoint_vocabulary(payload, path)) != vocabulary:
+        raise CheckpointError(
+            f"{path} was trained with another vocabulary ({stored!r}) than this run's data "
+            f"gives ({vocabulary!r}): its ids mean other tokens"
         )
 
 

@@ -21,10 +21,12 @@ from gpt_oss.files import remove_stale_temporaries
 from gpt_oss.model.config import ConfigError, resolve_device
 from gpt_oss.model.model import GptOss
 from gpt_oss.model.precision import PRECISIONS, autocast_dtype, resolve_precision
+from gpt_oss.model.vocabulary import Vocabulary
 from gpt_oss.studies.plots import plot_losses
 from gpt_oss.training.checkpoint import (
     capture_rng,
     check_resumable,
+    check_vocabulary,
     find_checkpoint,
     load_optimizer_state,
     optimizer_name,
@@ -167,6 +169,7 @@ class Trainer:
         run_dir: str | Path,
         logger: Any = None,
         run_config: dict | None = None,
+        vocabulary: Vocabulary | None = None,
     ):
         self.world = current_world()  # rank and size of the process group (one process without)
         config.validate(self.world.size)
@@ -208,6 +211,8 @@ class Trainer:
         )
         self.logger = (logger or NullLogger()) if self.world.is_main else NullLogger()
         self.run_config = run_config or {}
+        # the map from o200k ids to the model's ids, stored in every checkpoint
+        self.vocabulary = vocabulary if vocabulary is not None else getattr(data, "vocabulary", None)
         self.metrics = MetricsFile(self.run_dir / "metrics.jsonl")
         self.step, self.best_val, self.skipped, self.tokens_seen = 0, math.inf, 0, 0
         self.counts_since_eval: torch.Tensor | None = None  # (layers, experts), for the loggers
@@ -416,6 +421,7 @@ class Trainer:
             "data": self.train_loader.state_dict(),
             "wandb_run_id": self.logger.run_id,
             "run_config": self.run_config,
+            "vocabulary": self.vocabulary.to_dict() if self.vocabulary is not None else None,
         }
 
     def resume(self) -> Path | None:
@@ -444,6 +450,7 @@ class Trainer:
         sharded = self.config.parallel != "none"
         payload = read_trainer_state(path) if sharded else read_checkpoint(path)
         check_resumable(path, payload, self.model.config, optimizer_name(self.optimizer))
+        check_vocabulary(path, payload, self.vocabulary)
         if sharded:
             load_sharded(path, self.model, self.optimizer, payload)
         else:
