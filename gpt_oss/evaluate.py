@@ -26,13 +26,15 @@ from omegaconf import MISSING, DictConfig
 
 from gpt_oss.cli import exit_on_input_error
 from gpt_oss.data.tokens import encode_text
+from gpt_oss.files import utf8_error, utf8_message
 from gpt_oss.model.config import ConfigError, resolve_device
 from gpt_oss.model.losses import IGNORE_INDEX, linear_cross_entropy
 from gpt_oss.model.model import GptOss
 from gpt_oss.model.precision import DTYPES, resolve_precision
-from gpt_oss.model.tokenizer import ENDOFTEXT_ID, get_tokenizer
+from gpt_oss.model.tokenizer import get_tokenizer
+from gpt_oss.model.vocabulary import FullVocabulary, Vocabulary
 from gpt_oss.schema import check, checked_command_line
-from gpt_oss.training.checkpoint import load_with_run_config
+from gpt_oss.training.loading import load_text_vocabulary, load_with_vocabulary
 from gpt_oss.training.metrics import bits_per_byte
 from gpt_oss.validation import ranged
 
@@ -104,7 +106,10 @@ def read_documents(
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"text_file={str(path)!r} does not exist")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"text_file: {utf8_message(path, utf8_error(path))}") from error
     if path.suffix == ".jsonl":
         documents = []
         for number, line in enumerate(text.splitlines(), 1):
@@ -171,14 +176,22 @@ def window_loss_sum(model: GptOss, windows: list[tuple[list[int], list[int]]]) -
 
 
 def score_documents(
-    model: GptOss, documents: list[str], context_length: int, stride: int, batch_size: int
+    model: GptOss,
+    documents: list[str],
+    context_length: int,
+    stride: int,
+    batch_size: int,
+    vocabulary: Vocabulary | None = None,
 ) -> Score:
-    """Loss over every token of every document (and its closing <|endoftext|>)."""
-    tokenizer = get_tokenizer()
+    """Loss over every token of every document (and its closing <|endoftext|>), the tokens in
+    the model's vocabulary (default: the full o200k_harmony one); bytes are the documents'
+    UTF-8 bytes whatever the vocabulary, so bits per byte compare across vocabularies."""
+    tokenizer, vocabulary = get_tokenizer(), vocabulary or FullVocabulary()
+    endoftext = vocabulary.endoftext_id
     windows, tokens, num_bytes = [], 0, 0
     for document in documents:
         encoded, document_bytes = encode_text(tokenizer, document)  # as training tokenizes
-        ids = [ENDOFTEXT_ID, *encoded.tolist(), ENDOFTEXT_ID]
+        ids = [endoftext, *vocabulary.from_o200k(encoded).tolist(), endoftext]
         num_bytes += document_bytes
         if max(ids) >= model.config.vocab_size:
             raise ConfigError(
@@ -207,8 +220,10 @@ def run(cfg: DictConfig) -> Score:
         check_stride(cfg.stride, cfg.context_length)
     documents = read_documents(cfg.text_file, cfg.separator, cfg.field, cfg.max_documents)
     device = resolve_device(cfg.device)
-    dtype = DTYPES[resolve_precision(cfg.dtype, device, "dtype")]
-    model, run_config = load_with_run_config(cfg.checkpoint, device, dtype)
+    vocabulary = load_text_vocabulary(cfg.checkpoint)  # cheap: no weights are read
+    model, _, run_config = load_with_vocabulary(
+        cfg.checkpoint, device, DTYPES[resolve_precision(cfg.dtype, device, "dtype")]
+    )
     context = cfg.context_length or default_context(run_config, model)
     positions = model.config.max_position_embeddings
     if context > positions:
@@ -218,7 +233,7 @@ def run(cfg: DictConfig) -> Score:
         )
     stride = cfg.stride or max(context // 2, 1)
     check_stride(stride, context)
-    score = score_documents(model, documents, context, stride, cfg.batch_size)
+    score = score_documents(model, documents, context, stride, cfg.batch_size, vocabulary)
     print(
         f"{cfg.checkpoint} on {cfg.text_file}: {score.documents} documents, {score.tokens:,} tokens, "
         f"{score.bytes:,} bytes (context {context}, stride {stride})"

@@ -21,6 +21,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig
 
 from gpt_oss.cli import exit_on_input_error
+from gpt_oss.files import utf8_error, utf8_message
 from gpt_oss.model.config import ConfigError, resolve_device
 from gpt_oss.model.model import GptOss
 from gpt_oss.model.precision import DTYPES, resolve_precision
@@ -31,9 +32,9 @@ from gpt_oss.model.sampling import (
     TokenCallback,
     generate,
 )
-from gpt_oss.model.tokenizer import get_tokenizer
+from gpt_oss.model.vocabulary import FullVocabulary, Vocabulary, VocabularyError
 from gpt_oss.schema import check, checked_command_line
-from gpt_oss.training.checkpoint import load_with_run_config
+from gpt_oss.training.loading import load_text_vocabulary, load_with_vocabulary
 from gpt_oss.validation import ranged
 
 
@@ -66,7 +67,11 @@ def read_prompts(path: str | Path) -> list[str]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"prompts_file={str(path)!r} does not exist")
-    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"prompts_file: {utf8_message(path, utf8_error(path))}") from error
+    lines = [line for line in text.splitlines() if line.strip()]
     if path.suffix != ".jsonl":
         return lines
     prompts = []
@@ -80,22 +85,27 @@ def read_prompts(path: str | Path) -> list[str]:
     return prompts
 
 
-def token_id(text: str, what: str = "stop token") -> int:
-    """A token (stop or start) given as its text (special tokens included) or as its id."""
+def token_id(text: str, what: str = "stop token", vocabulary: Vocabulary | None = None) -> int:
+    """A token (stop or start) given as its text (special tokens included) or as its id in the
+    model's vocabulary (default: the full o200k_harmony one)."""
+    vocabulary = vocabulary or FullVocabulary()
     if text.isdigit():
         return int(text)
     try:
-        return get_tokenizer().encode_single_token(text)
-    except KeyError as error:
-        raise ConfigError(
-            f"{what} {text!r} is not a single token of o200k_harmony; give its id"
-        ) from error
+        return vocabulary.token_id(text)
+    except VocabularyError as error:
+        raise ConfigError(f"{what} {error}") from error
 
 
-def encode_prompt(text: str, start: str | None) -> list[int]:
-    """Token ids of start + text; special tokens written in the text are kept as such."""
-    ids = [token_id(start, "start token")] if start else []
-    return ids + get_tokenizer().encode(text, allowed_special="all")
+def encode_prompt(text: str, start: str | None, vocabulary: Vocabulary | None = None) -> list[int]:
+    """Model ids of start + text (default vocabulary: the full o200k_harmony one); special
+    tokens written in the text are kept as such."""
+    vocabulary = vocabulary or FullVocabulary()
+    ids = [token_id(start, "start token", vocabulary)] if start else []
+    try:
+        return ids + vocabulary.encode(text, allowed_special="all")
+    except VocabularyError as error:
+        raise ConfigError(f"prompt {text[:40]!r}: {error}") from error
 
 
 # ------------------------------------------------------------------ running and printing
@@ -106,17 +116,21 @@ def run(cfg: DictConfig, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> 
     sampling = SamplingConfig(cfg.temperature, cfg.top_k, cfg.top_p)
     sampling.validate()
     texts = read_prompts(cfg.prompts_file) if cfg.prompts_file else [cfg.prompt]
-    prompts = [encode_prompt(text, cfg.start) for text in texts]
-    stops = [token_id(str(s)) for s in cfg.stop]
+    vocabulary = load_text_vocabulary(cfg.checkpoint)  # cheap: no weights are read
+    prompts = [encode_prompt(text, cfg.start, vocabulary) for text in texts]
+    stops = [token_id(str(s), vocabulary=vocabulary) for s in cfg.stop]
     device = resolve_device(cfg.device)
-    model, _ = load_with_run_config(cfg.checkpoint, device, DTYPES[resolve_precision(cfg.dtype, device, "dtype")])
+    model, _, _ = load_with_vocabulary(
+        cfg.checkpoint, device, DTYPES[resolve_precision(cfg.dtype, device, "dtype")]
+    )
     results = []
     for first in range(0, len(prompts), cfg.batch_size):
         batch = slice(first, first + cfg.batch_size)
         streaming = cfg.stream and len(prompts) == 1
         results.append(
             _generate_and_print(
-                model, cfg, sampling, stops, texts[batch], prompts[batch], first, streaming, out
+                model, vocabulary, cfg, sampling, stops, texts[batch], prompts[batch], first,
+                streaming, out,
             )
         )
         err.write(speed_report(results[-1]) + "\n")
@@ -125,6 +139,7 @@ def run(cfg: DictConfig, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> 
 
 def _generate_and_print(
     model: GptOss,
+    vocabulary: Vocabulary,
     cfg: DictConfig,
     sampling: SamplingConfig,
     stops: list[int],
@@ -135,9 +150,9 @@ def _generate_and_print(
     out: TextIO,
 ) -> Generation:
     """One batch: a single streamed prompt token by token, otherwise each prompt at the end."""
-    tokenizer, on_token = get_tokenizer(), None
+    on_token = None
     if streaming:
-        decoder = StreamDecoder(tokenizer)
+        decoder = StreamDecoder(vocabulary)
         out.write(texts[0])
         out.flush()
         on_token = _printer(out, decoder)
@@ -148,7 +163,7 @@ def _generate_and_print(
         out.write(decoder.flush() + "\n")
     else:
         for index, (text, tokens) in enumerate(zip(texts, result.tokens, strict=True), first_index):
-            out.write(f"--- prompt {index} ---\n{text}{tokenizer.decode(tokens)}\n")
+            out.write(f"--- prompt {index} ---\n{text}{vocabulary.decode(tokens)}\n")
     out.flush()
     return result
 

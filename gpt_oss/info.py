@@ -30,11 +30,26 @@ def model_config(node: DictConfig) -> ModelConfig:
     return hydra.utils.instantiate(node, _convert_="all")
 
 
+def resolved_model_config(cfg: DictConfig) -> ModelConfig:
+    """The model group's config with a null vocab_size resolved as training would resolve it
+    against the data group (data.vocab_size for compact, 201088 for full); no data is read."""
+    from gpt_oss.schema import agree_vocabulary
+
+    config = agree_vocabulary(model_config(cfg.model), hydra.utils.instantiate(cfg.data))
+    if config.vocab_size is None:
+        raise ConfigError(
+            "model.vocab_size follows the data, and data.vocab_size=null (every id the training "
+            "split uses) is only known once the data is prepared: give data.vocab_size=N or "
+            "model.vocab_size=N"
+        )
+    return config
+
+
 def report(cfg: DictConfig) -> None:
     """Check every setting of conf/info.yaml (ConfigError naming it), then print the counts and
     the training plan."""
     schema.check(cfg, schema.InfoConfig)
-    config = model_config(cfg.model)
+    config = resolved_model_config(cfg)
     if cfg.seq_len > config.max_position_embeddings:
         raise ConfigError(
             f"seq_len={cfg.seq_len} is invalid: exceeds model.max_position_embeddings="

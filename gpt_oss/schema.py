@@ -9,6 +9,7 @@ logger are open dicts because their keys depend on the chosen target.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 import sys
@@ -29,6 +30,7 @@ from omegaconf.errors import InterpolationResolutionError
 
 from gpt_oss.data.config import DataConfig, DataError, default_cache_dir
 from gpt_oss.model.config import ConfigError, ModelConfig, layer_pattern
+from gpt_oss.model.vocabulary import follow_data, planned_size, resolve_vocabulary
 from gpt_oss.studies.gpu_pool import gpu_count
 from gpt_oss.training import distributed
 from gpt_oss.training.trainer import TrainerConfig
@@ -88,6 +90,7 @@ class InfoConfig:
     """conf/info.yaml's schema: a model shape and the training plan to size for it."""
 
     model: ModelConfigNode = MISSING
+    data: DataConfigNode = MISSING  # only its vocabulary: the size a null model.vocab_size follows
     verify_meta: bool = True  # cross-check the analytic count with a meta-device build
     gpus: int = ranged(1, "[1, inf)")  # FSDP shards the weights and optimizer state over them
     batch_size: int = ranged(1, "[1, inf)")  # sequences per GPU per micro-batch
@@ -238,11 +241,30 @@ def make(node: DictConfig, group: str, /, **kwargs: Any) -> Any:
         raise ConfigError(f"{group} config is invalid: {error}") from error
 
 
+def agree_vocabulary(model_config: ModelConfig, data_config: DataConfig) -> ModelConfig:
+    """data.vocabulary=auto resolved against the model (data_config is updated in place), and
+    the model config with vocab_size as far as it is known before the data is prepared: null
+    follows the data; a stated size that disagrees is a ConfigError naming both values."""
+    data_config.vocabulary = resolve_vocabulary(data_config.vocabulary, model_config.vocab_size)
+    planned = planned_size(data_config.vocabulary, data_config.vocab_size)
+    size = follow_data(model_config.vocab_size, planned, vocabulary_setting(data_config))
+    return dataclasses.replace(model_config, vocab_size=size)
+
+
+def vocabulary_setting(data_config: DataConfig) -> str:
+    """How the data's vocabulary is chosen, in config terms (for messages)."""
+    if data_config.vocabulary == "full":
+        return "data.vocabulary=full"
+    size = "null" if data_config.vocab_size is None else data_config.vocab_size
+    return f"data.vocabulary=compact, data.vocab_size={size}"
+
+
 def build(cfg: DictConfig, root: type = RunConfig) -> dict[str, Any]:
     """Validate every key and value (`check`: declared ranges, unknown keys), then instantiate
     every group and check across fields; no data is read and no model is built."""
     check(cfg, root)
-    model_config: ModelConfig = make(cfg.model, "model")
+    data_config: DataConfig = make(cfg.data, "data")
+    model_config = agree_vocabulary(make(cfg.model, "model"), data_config)
     trainer_config = make(cfg.trainer, "trainer")
     trainer_config.validate(distributed.launch_world().size)
     if trainer_config.seq_len > model_config.max_position_embeddings:
@@ -258,7 +280,7 @@ def build(cfg: DictConfig, root: type = RunConfig) -> dict[str, Any]:
     return {
         "model_config": model_config,
         "trainer_config": trainer_config,
-        "data_config": make(cfg.data, "data"),
+        "data_config": data_config,
         "optimizer": optimizer,
         "schedule": schedule,
     }

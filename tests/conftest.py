@@ -4,7 +4,9 @@ included) is random at a scale where each piece of the architecture moves the lo
 from __future__ import annotations
 
 import math
+import subprocess
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import torch
@@ -94,3 +96,26 @@ def make_model(make_config) -> Callable[..., GptOss]:
         return model.to(dtype).eval()
 
     return make
+
+
+def tinystories_sample_path() -> Path | None:
+    """../shared/data/tinystories_sample.jsonl beside this checkout, or beside the main checkout
+    when this is a git worktree; None when neither exists."""
+    root = Path(__file__).resolve().parents[1]
+    candidates = [root.parent / "shared" / "data" / "tinystories_sample.jsonl"]
+    common = subprocess.run(
+        ["git", "rev-parse", "--path-format=absolute", "--git-common-dir"],
+        capture_output=True, text=True, cwd=root, check=False,
+    ).stdout.strip()  # fmt: skip
+    if common:
+        candidates.append(Path(common).parent.parent / "shared" / "data" / "tinystories_sample.jsonl")
+    return next((path for path in candidates if path.is_file()), None)
+
+
+@pytest.fixture(scope="session")
+def tinystories_sample() -> Path:
+    """The real TinyStories sample (4,040 stories); the test is skipped without it."""
+    path = tinystories_sample_path()
+    if path is None:
+        pytest.skip("../shared/data/tinystories_sample.jsonl is absent")
+    return path

@@ -33,17 +33,22 @@ from gpt_oss.model.size import (
     training_memory,
 )
 from gpt_oss.train import follower_overrides, run
-from gpt_oss.training.checkpoint import load_model, read_checkpoint
+from gpt_oss.training.checkpoint import (
+    CheckpointError,
+    find_checkpoint,
+    read_checkpoint,
+    resolve_resume,
+)
+from gpt_oss.training.checkpoint_sharded import read_trainer_state
 from gpt_oss.training.distributed import (
     World,
     checkpoint_blocks,
     first_host,
     launch_env,
     launch_world,
-    read_trainer_state,
-    sharded_checkpoint,
 )
-from gpt_oss.training.trainer import TrainerConfig, resume_checkpoint
+from gpt_oss.training.loading import load_model, load_vocabulary
+from gpt_oss.training.trainer import TrainerConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 FULL = dict(
@@ -135,9 +140,11 @@ def test_a_save_cut_between_its_renames_resumes_from_the_previous_checkpoint(tmp
     old = tmp_path / "checkpoints" / "last.old"
     old.mkdir(parents=True)
     (old / "trainer.pt").write_bytes(b"")
-    assert sharded_checkpoint(tmp_path / "checkpoints" / "last") == old
-    assert resume_checkpoint("auto", tmp_path, sharded=True) == old
-    assert resume_checkpoint("auto", tmp_path, sharded=False) is None
+    assert find_checkpoint(tmp_path / "checkpoints" / "last", names=(), sharded=True) == old
+    assert resolve_resume("auto", tmp_path, sharded=True) == old
+    assert find_checkpoint(tmp_path, ("last",), sharded=False) is None
+    with pytest.raises(CheckpointError, match="is a sharded checkpoint"):  # not a fresh start
+        resolve_resume("auto", tmp_path, sharded=False)
 
 
 # --- activation checkpointing --------------------------------------------------------------
@@ -234,8 +241,12 @@ def test_fsdp_in_one_process_writes_shards_that_consolidate_to_our_format_and_hf
     consolidate_main([str(run_dir), "--hf", str(tmp_path / "hf")])
     assert read_checkpoint(run_dir / "checkpoints" / "best.pt")["step"] == 2
     model, exported = load_model(run_dir), import_hf(tmp_path / "hf")  # the run dir now loads
-    inputs = torch.randint(0, 201088, (1, 12))
+    inputs = torch.randint(0, model.config.vocab_size, (1, 12))
     torch.testing.assert_close(exported(inputs), model(inputs))
+    # the compact vocabulary's map survives sharding, consolidation and export
+    vocabulary = load_vocabulary(run_dir)
+    assert vocabulary.kind == "compact" and vocabulary.size == model.config.vocab_size
+    assert load_vocabulary(tmp_path / "hf") == vocabulary
 
 
 def _assert_same_losses(records: list[dict], expected: list[dict], tolerance: float) -> None:

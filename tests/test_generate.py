@@ -34,7 +34,8 @@ from gpt_oss.model.sampling import (
     sample_from,
 )
 from gpt_oss.model.tokenizer import ENDOFTEXT_ID, get_tokenizer
-from gpt_oss.training.checkpoint import load_with_run_config, save_checkpoint
+from gpt_oss.training.checkpoint import save_checkpoint
+from gpt_oss.training.loading import load_with_run_config, load_with_vocabulary
 
 ROOT = Path(__file__).resolve().parents[1]
 WINDOW = 8  # small, so prompts and generations cross it many times
@@ -439,17 +440,34 @@ def test_a_briefly_trained_model_continues_with_words_of_its_corpus(tmp_path):
             "trainer.log_every=100", "trainer.progress=false", "optimizer.lr=1e-2",
         ])  # fmt: skip
     train(cfg, tmp_path / "run")
-    corpus = set(re.findall(r"[a-z]+", " ".join(generate_stories(stories, seed)).lower()))
+    texts = [re.findall(r"[a-z]+", story.lower()) for story in generate_stories(stories, seed)]
+    corpus = {word for text in texts for word in text}
+    corpus_pairs = {pair for text in texts for pair in zip(text, text[1:], strict=False)}
 
     words = continuation_words(tmp_path / "run", tmp_path)
     unknown = [word for word in words if word not in corpus]
     assert len(words) >= 30 and len(set(words)) >= 6, words
     assert len(unknown) <= 0.1 * len(words), (words, unknown)
+    trained_pairs = known_share(words, corpus_pairs)
 
-    torch.manual_seed(0)  # the control: the same shape untrained does not speak the corpus
-    untrained = save_checkpoint(tmp_path / "untrained.pt", GptOss(build(cfg)["model_config"]))
+    # The control: the same shape untrained does not speak the corpus. Its compact vocabulary
+    # holds only the corpus's tokens, so even random output is mostly corpus words: the word
+    # pairs tell them apart.
+    torch.manual_seed(0)
+    _, vocabulary, _ = load_with_vocabulary(tmp_path / "run")  # the same shape and vocabulary
+    shape = build(cfg)["model_config"]
+    shape.vocab_size = vocabulary.size  # null in model=tiny: it follows the data
+    untrained = save_checkpoint(
+        tmp_path / "untrained.pt", GptOss(shape), vocabulary=vocabulary.to_dict()
+    )
     words = continuation_words(untrained, tmp_path)
-    assert sum(word not in corpus for word in words) > 0.5 * len(words), words
+    untrained_pairs = known_share(words, corpus_pairs)
+    assert trained_pairs >= 0.8 and untrained_pairs <= 0.5, (trained_pairs, untrained_pairs, words)
+
+
+def known_share(words: list[str], pairs: set[tuple[str, str]]) -> float:
+    """The share of consecutive word pairs that occur in the corpus."""
+    return sum(pair in pairs for pair in zip(words, words[1:], strict=False)) / max(len(words) - 1, 1)
 
 
 def test_a_token_that_is_not_one_token_is_named_as_start_or_stop():

@@ -138,7 +138,8 @@ def check_study(study: str, models: list, points: list[dict[str, str]]) -> None:
         # the same active expert matrices; the MoE arm has more router rows and one more
         # active down-projection bias per layer
         extra = counts[0]["router"] - counts[1]["router"] + moe.num_hidden_layers * moe.hidden_size
-        assert counts[0]["active"] - counts[1]["active"] == extra < 1e-3 * counts[0]["active"]
+        # (0.15% of mini's active parameters with its compact 8192-id head, 0.02% with 201k)
+        assert counts[0]["active"] - counts[1]["active"] == extra < 2e-3 * counts[0]["active"]
 
 
 # ------------------------------------------------------------------------- the launchers

@@ -17,12 +17,12 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
 
 from gpt_oss.model.config import ConfigError
-from gpt_oss.model.hf import CheckpointError
 from gpt_oss.schema import build
 from gpt_oss.train import run
-from gpt_oss.training.checkpoint import read_checkpoint
+from gpt_oss.training.checkpoint import CheckpointError, read_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
@@ -100,7 +100,10 @@ def test_tiny_run_trains_and_fills_the_run_directory(tmp_path):
     summary = run(cfg, run_dir)
     val = [r for r in read_records(run_dir) if r["split"] == "val"]
     assert [r["step"] for r in val] == [20, 40, 60]
-    assert summary["best_val_loss"] < val[0]["loss"] - 1.0 < 12.0  # ln(201088) = 12.2 at the start
+    # an untrained model scores about ln(vocab_size) (the compact vocabulary of the synthetic
+    # corpus: ~1.3k ids, ln = 7.2); by step 20 it is well below, and it keeps falling
+    vocab_size = OmegaConf.load(run_dir / "config.yaml").model.vocab_size
+    assert summary["best_val_loss"] < val[0]["loss"] - 0.3 < math.log(vocab_size) - 1.0
     for name in ("config.yaml", "metrics.jsonl", "loss.png", "checkpoints/last.pt", "checkpoints/best.pt"):
         assert (run_dir / name).stat().st_size > 0, name
     train = [r for r in read_records(run_dir) if r["split"] == "train"]

@@ -14,6 +14,7 @@ from omegaconf import DictConfig
 from gpt_oss import schema
 from gpt_oss.data.config import DataError
 from gpt_oss.data.prepare import PreparedData, prepare
+from gpt_oss.model.config import ConfigError
 
 log = logging.getLogger("gpt_oss.data")
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
@@ -38,18 +39,22 @@ def format_summary(prepared: PreparedData, seconds: float) -> str:
         )
     else:
         lines.append(f"time:      {seconds:.1f} s (already prepared: nothing tokenized)")
-    lines.append(f"location:  {prepared.directory}")
+    vocabulary = prepared.vocabulary
+    lines.append(f"vocabulary: {vocabulary.kind}, {vocabulary.size:,} ids ({vocabulary!r})")
+    lines.append(f"location:  {prepared.train.path.parent}")
     return "\n".join(lines)
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base=None)
 def main(cfg: DictConfig) -> None:
-    """Compose conf/config.yaml, prepare `data`, print the summary."""
+    """Compose conf/config.yaml, prepare `data` (its vocabulary resolved against `model`, as
+    training resolves it), print the summary."""
     config = instantiate(cfg.data, _convert_="all")
     start = time.perf_counter()
     try:
+        schema.agree_vocabulary(instantiate(cfg.model, _convert_="all"), config)
         prepared = prepare(config)
-    except DataError as error:
+    except (DataError, ConfigError) as error:
         log.error("DataError: %s", error)
         raise SystemExit(2) from error
     print(format_summary(prepared, time.perf_counter() - start), flush=True)

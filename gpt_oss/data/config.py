@@ -51,6 +51,14 @@ class DataConfig:
     num_proc: int = ranged(0, "[0, inf)")  # tokenizer processes; 0 = all cores
     offline_fallback: str = "synthetic"  # "synthetic" | "error" when the hub is unreachable
     verify_checksum: str = "auto"  # "auto" (files <= 2 GiB) | "always" | "never"
+    # The model's vocabulary (gpt_oss/model/vocabulary.py): "full" = all 201088 o200k_harmony
+    # ids; "compact" = the training split's ids; "auto" (conf/data/*.yaml) = full when the model
+    # states vocab_size 201088 (model=full, gpt_oss_120b), else compact; the entry points
+    # resolve it against the model before anything is prepared.
+    vocabulary: str = "full"
+    # compact only: exactly this many ids (the most frequent, padded with unused low-rank ids
+    # when the data uses fewer); None = exactly the ids the training split uses
+    vocab_size: int | None = ranged(None, "[257, 201088]")  # 256 byte tokens + <|endoftext|> at least
 
     def __post_init__(self) -> None:
         # Hydra hands over ListConfig objects; plain lists keep the config picklable and simple.
@@ -77,6 +85,25 @@ class DataConfig:
             raise DataError(
                 "data.separator='' is invalid: use null (one document per line) or a string"
             )
+        self._validate_vocabulary()
+
+    def _validate_vocabulary(self) -> None:
+        from gpt_oss.model.vocabulary import (
+            VOCABULARY_SETTINGS,
+            VocabularyError,
+            check_vocab_size_setting,
+        )
+
+        if self.vocabulary not in VOCABULARY_SETTINGS:
+            raise DataError(
+                f"data.vocabulary={self.vocabulary!r} is invalid: must be one of "
+                f"{', '.join(VOCABULARY_SETTINGS)}"
+            )
+        if self.vocab_size is not None:
+            try:
+                check_vocab_size_setting(self.vocab_size)
+            except VocabularyError as error:
+                raise DataError(str(error)) from error
 
 
 def default_cache_dir() -> Path:

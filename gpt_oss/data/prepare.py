@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 import torch.distributed as dist
 
+from gpt_oss.data.compact import compact_directory, file_vocabulary, open_compact, write_compact
 from gpt_oss.data.config import DataConfig, DataError, resolve_cache_dir
 from gpt_oss.data.hub import fallback_message, hub_documents, load_hub_dataset
 from gpt_oss.data.sources import (
@@ -64,9 +65,12 @@ from gpt_oss.data.tokens import (
     atomic_write_text,
     encode_documents,
     fsync_directory,
+    metadata_checksum,
     read_metadata,
 )
+from gpt_oss.files import remove_stale_temporaries, temporary_path
 from gpt_oss.model.tokenizer import ENCODING_NAME, ENDOFTEXT_ID, VOCAB_SIZE, get_tokenizer
+from gpt_oss.model.vocabulary import FullVocabulary, Vocabulary
 from gpt_oss.training.distributed import World, broadcast_object
 
 log = logging.getLogger(__name__)
@@ -90,6 +94,9 @@ class PreparedData:
     fingerprint: str
     prepared_splits: tuple[str, ...] = ()  # splits tokenized by this call (empty: all cached)
     seconds: float = 0.0  # time spent tokenizing in this call
+    # what train and val's ids mean: the full o200k_harmony ids, or a compact vocabulary's
+    # (then train and val are the compact splits, the map in their metadata)
+    vocabulary: Vocabulary = dataclasses.field(default_factory=FullVocabulary)
 
     def summary(self) -> dict[str, Any]:
         """Plain values for the run's config and W&B: source, fallback, sizes, files."""
@@ -99,6 +106,9 @@ class PreparedData:
             "fallback": self.fallback,
             "fingerprint": self.fingerprint,
             "directory": str(self.directory),
+            "vocabulary": self.vocabulary.kind,
+            "vocab_size": self.vocabulary.size,
+            "vocabulary_sha256": getattr(self.vocabulary, "sha256", None),
             **{
                 f"{split}_{key}": value
                 for split, file in (("train", self.train), ("val", self.val))
@@ -311,7 +321,7 @@ def _write_split(
     bin_path = directory / f"{split}.bin"
     # Stale metadata must not outlive the .bin it described.
     bin_path.with_suffix(".json").unlink(missing_ok=True)
-    tmp = directory / f".{split}.bin.{os.getpid()}.tmp"
+    tmp = temporary_path(bin_path)
     digest, totals, start = hashlib.sha256(), np.zeros(3, dtype=np.int64), time.perf_counter()
     bar = tqdm(total=len(documents), unit="doc", desc=f"{source.name}/{split}", disable=not progress)
     try:
@@ -351,6 +361,7 @@ def _write_split(
         "seconds": round(seconds, 3),
         "tokens_per_second": round(totals[0] / max(seconds, 1e-9)),
     }
+    metadata["metadata_sha256"] = metadata_checksum(metadata)
     atomic_write_text(bin_path.with_suffix(".json"), json.dumps(metadata, indent=2) + "\n")
     fsync_directory(directory)
     return TokenFile.open(bin_path, verify_checksum="never")  # just computed: no need to re-read
@@ -365,6 +376,8 @@ def _stale_reason(metadata: dict[str, Any], source: _Source) -> str | None:
     for key, value in expected.items():
         if metadata.get(key) != value:
             return f"{key} is {metadata.get(key)!r}, now {value!r}"
+    if "metadata_sha256" not in metadata:
+        return "written by an older version, without metadata_sha256"
     return None
 
 
@@ -434,8 +447,11 @@ def _prepared(
 
 
 def _prepare_plan(plan: _Plan, root: Path, config: DataConfig, progress: bool) -> PreparedData:
-    """Reuse what is prepared and valid; tokenize the missing or stale splits."""
+    """Reuse what is prepared and valid; tokenize the missing or stale splits. Temporaries of
+    killed preparations (.train.bin.<pid>.tmp) are removed first."""
     source = plan.source
+    for stale in remove_stale_temporaries(source.directory(root)):
+        log.info("removed %s, left by a preparation that was killed", stale)
     if prepared := _load_prepared(source, root, config):
         return prepared
     directory = source.directory(root)
@@ -477,12 +493,41 @@ def _fall_back(config: DataConfig, root: Path, progress: bool, reason: str) -> P
 
 
 def prepare(config: DataConfig, progress: bool = True) -> PreparedData:
-    """Token files for both splits of the configured source, tokenizing only what is not cached.
+    """Token files for both splits of the configured source, tokenizing only what is not cached,
+    in the configured vocabulary (data.vocabulary=compact: mapped to the training split's).
 
     Idempotent: with the same config a second call re-uses the files (size and checksum checked).
     Raises DataError for bad inputs (before any long work) and for damaged cache files.
     """
     config.validate()
+    if config.vocabulary == "auto":
+        raise DataError(
+            "data.vocabulary=auto is resolved against the model by the entry points (train, "
+            "python -m gpt_oss.data); call prepare with data.vocabulary=compact or full"
+        )
+    return in_vocabulary(_prepare_o200k(config, progress), config)
+
+
+def in_vocabulary(prepared: PreparedData, config: DataConfig) -> PreparedData:
+    """`prepared` (o200k splits) in config.vocabulary: unchanged for full; for compact, the
+    splits mapped to the training split's compact vocabulary, cached in compact-<size>/."""
+    if config.vocabulary == "full":
+        return prepared
+    sources = {"train": prepared.train, "val": prepared.val}
+    directory = compact_directory(prepared.directory, config.vocab_size)
+    files = open_compact(directory, sources, config.verify_checksum)
+    if files is None:
+        directory.mkdir(parents=True, exist_ok=True)
+        with _exclusive(directory):  # another process may have written them meanwhile
+            files = open_compact(directory, sources, config.verify_checksum)
+            files = files or write_compact(directory, sources, config.vocab_size)
+    return dataclasses.replace(
+        prepared, train=files["train"], val=files["val"], vocabulary=file_vocabulary(files["train"])
+    )
+
+
+def _prepare_o200k(config: DataConfig, progress: bool) -> PreparedData:
+    """Both splits as o200k_harmony token files."""
     root = resolve_cache_dir(config)
     if config.source == "synthetic":
         return _prepare_plan(_synthetic_plan(config), root, config, progress)

@@ -38,7 +38,9 @@ def resolve_device(name: str, option: str = "device") -> torch.device:
 class ModelConfig:
     """Shape and switches of a GPT-OSS model. Defaults are gpt-oss-20b."""
 
-    vocab_size: int = ranged(201088, "[1, inf)")
+    # None (null in conf/model/*.yaml) = follow the data's vocabulary (data.vocabulary):
+    # resolved by the entry point once the data is known; a model is built from an int only.
+    vocab_size: int | None = ranged(201088, "[1, inf)")
     hidden_size: int = ranged(2880, "[1, inf)")
     intermediate_size: int = ranged(2880, "[1, inf)")  # width of each expert
     num_hidden_layers: int = ranged(24, "[1, inf)")
@@ -122,6 +124,15 @@ class ModelConfig:
                 raise ConfigError(f"model.{name}={getattr(self, name)!r} is invalid: valid are {valid}")
         if not isinstance(self.rope_truncate, bool):
             raise ConfigError(f"model.rope_truncate={self.rope_truncate!r} is invalid: must be true or false")
+
+    def require_vocab_size(self) -> int:
+        """vocab_size, or ConfigError when it is still null (to follow data not yet prepared)."""
+        if self.vocab_size is None:
+            raise ConfigError(
+                "model.vocab_size is null (it follows the data's vocabulary): resolve it from the "
+                "prepared data (gpt_oss.train does) or give model.vocab_size=N"
+            )
+        return self.vocab_size
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

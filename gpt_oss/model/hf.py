@@ -5,19 +5,31 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from gpt_oss.model.config import ConfigError, ModelConfig
-from gpt_oss.model.model import GptOss, yarn_inverse_frequencies
-from gpt_oss.model.tokenizer import ENDOFTEXT_ID
+from gpt_oss.model.model import GptOss
+from gpt_oss.model.tokenizer import ENDOFTEXT_ID, VOCAB_SIZE
+from gpt_oss.model.vocabulary import (
+    FullVocabulary,
+    Vocabulary,
+    VocabularyError,
+    vocabulary_from_dict,
+)
+from gpt_oss.training.checkpoint import CheckpointError, build_with_state
 
 FP4_VALUES = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0)
 SHARD_BYTES = 4 * 2**30
+# Beside config.json in an export of a compact-vocabulary model: Vocabulary.to_dict(), the
+# o200k ids the model's ids stand for (README: "Tokenizing for a compact export").
+VOCABULARY_FILE = "compact_vocabulary.json"
 
 # Our field -> Hugging Face GptOssConfig field, where the names differ.
 _HF_NAMES = {
@@ -85,12 +97,9 @@ _ARCHITECTURES = ("GptOssForCausalLM", "GptOssModel")
 _QUANTIZATIONS = ("mxfp4",)  # read_hf_state_dict dequantizes *_blocks / *_scales
 
 
-class CheckpointError(ValueError):
-    """A checkpoint directory or file is missing, corrupt, or not a GPT-OSS model."""
-
-
-def hf_config(config: ModelConfig) -> dict:
-    """config.json for transformers' GptOssForCausalLM (config_from_hf reads it back equal)."""
+def hf_config(config: ModelConfig, vocabulary: Vocabulary | None = None) -> dict:
+    """config.json for transformers' GptOssForCausalLM (config_from_hf reads it back equal):
+    vocab_size is the model's, compact or full; eos_token_id is <|endoftext|>'s id in it."""
     if config.qk_norm or config.scale_embeddings:
         raise CheckpointError(
             "Hugging Face GptOss has no qk_norm or scale_embeddings: export needs both false "
@@ -105,7 +114,9 @@ def hf_config(config: ModelConfig) -> dict:
         "rope_theta": config.rope_theta,
         "rope_scaling": _hf_rope(config),
     }
-    if config.vocab_size > ENDOFTEXT_ID:
+    if vocabulary is not None:
+        out["eos_token_id"] = vocabulary.endoftext_id
+    elif config.vocab_size > ENDOFTEXT_ID:
         out["eos_token_id"] = ENDOFTEXT_ID
     return out
 
@@ -275,15 +286,29 @@ def _check_attention_factor(rope: dict, factor: float) -> None:
         )
 
 
-def export_hf(model: GptOss, directory: str | Path, dtype: torch.dtype | None = None) -> Path:
-    """Write config.json and safetensors shards that GptOssForCausalLM.from_pretrained loads."""
+def export_hf(
+    model: GptOss,
+    directory: str | Path,
+    dtype: torch.dtype | None = None,
+    vocabulary: Vocabulary | None = None,
+) -> Path:
+    """Write config.json and safetensors shards that GptOssForCausalLM.from_pretrained loads.
+
+    vocabulary: the model's (see checkpoint.load_vocabulary); a compact one is written beside
+    config.json as compact_vocabulary.json, which import_hf and load_model read back.
+    """
     directory = Path(directory)
+    if vocabulary is not None and vocabulary.size != model.config.vocab_size:
+        raise CheckpointError(
+            f"the {vocabulary.kind} vocabulary has {vocabulary.size} ids but the model's "
+            f"vocab_size is {model.config.vocab_size}"
+        )
     if any(b.mlp.router.selection_bias.any() for b in model.layers):
         raise CheckpointError(
             "this model routes with a learned selection bias (balancing=bias), which Hugging "
             "Face GptOss cannot represent; export would change its outputs"
         )
-    config = hf_config(model.config)
+    config = hf_config(model.config, vocabulary)
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {}
     for name, tensor in model.state_dict().items():
@@ -293,8 +318,34 @@ def export_hf(model: GptOss, directory: str | Path, dtype: torch.dtype | None = 
         tensors[key] = tensor.detach().to(dtype or tensor.dtype).contiguous().cpu()
     config["torch_dtype"] = str(dtype or model.lm_head.weight.dtype).removeprefix("torch.")
     _write_shards(tensors, directory)
+    vocabulary_path = directory / VOCABULARY_FILE
+    if vocabulary is not None and vocabulary.kind == "compact":
+        vocabulary_path.write_text(json.dumps(vocabulary.to_dict()))
+    else:
+        vocabulary_path.unlink(missing_ok=True)  # a stale map must not outlive its model
     (directory / "config.json").write_text(json.dumps(config, indent=2))
     return directory
+
+
+def hf_vocabulary(directory: str | Path) -> Vocabulary | None:
+    """The vocabulary of a Hugging Face directory: compact_vocabulary.json when there is one
+    (our export of a compact model), else the full o200k_harmony one for a 201088-id model
+    (release weights); None for a model of raw ids. CheckpointError when the map is damaged
+    or does not fit config.json's vocab_size."""
+    directory = Path(directory)
+    vocab_size = json.loads((directory / "config.json").read_text()).get("vocab_size")
+    path = directory / VOCABULARY_FILE
+    if not path.is_file():
+        return FullVocabulary() if vocab_size == VOCAB_SIZE else None
+    try:
+        vocabulary = vocabulary_from_dict(json.loads(path.read_text()))
+    except (VocabularyError, json.JSONDecodeError) as error:
+        raise CheckpointError(f"{path} is unusable: {error}") from error
+    if vocabulary.size != vocab_size:
+        raise CheckpointError(
+            f"{path} holds {vocabulary.size} ids but config.json says vocab_size={vocab_size}"
+        )
+    return vocabulary
 
 
 def _write_shards(tensors: dict[str, torch.Tensor], directory: Path) -> None:
@@ -333,14 +384,33 @@ def dequantize_mxfp4(blocks: torch.Tensor, scales: torch.Tensor, dtype: torch.dt
 
 
 def _safetensor_files(directory: Path) -> list[Path]:
+    """The shards of a directory: those its index names (inside the directory only), else all."""
     index = directory / "model.safetensors.index.json"
-    if index.exists():
+    if not index.exists():
+        files = sorted(directory.glob("*.safetensors"))
+        if not files:
+            raise CheckpointError(f"{directory} holds no *.safetensors files")
+        return files
+    try:
         names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        return [directory / n for n in names]
-    files = sorted(directory.glob("*.safetensors"))
-    if not files:
-        raise CheckpointError(f"{directory} holds no *.safetensors files")
-    return files
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as error:
+        raise CheckpointError(f"{index} is not a safetensors index (a weight_map): {error}") from error
+    return [_shard_inside(directory, index, name) for name in names]
+
+
+def _shard_inside(directory: Path, index: Path, name: object) -> Path:
+    """directory/name, refused unless it is a file inside `directory` (no "..", absolute path
+    or link out)."""
+    root = directory.resolve()
+    path = (directory / str(name)).resolve()
+    if not isinstance(name, str) or path.parent != root or Path(name).is_absolute():
+        raise CheckpointError(
+            f"{index} names {name!r}, which is not a file inside {directory}: refused "
+            "(an index may only name shards beside it)"
+        )
+    if not path.is_file():
+        raise CheckpointError(f"{index} names {name!r}, which does not exist in {directory}")
+    return path
 
 
 def read_hf_state_dict(directory: Path, dtype: torch.dtype, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
@@ -352,7 +422,7 @@ def read_hf_state_dict(directory: Path, dtype: torch.dtype, device: str | torch.
     """
     files = {}
     for path in _safetensor_files(directory):
-        with safe_open(str(path), framework="pt", device="cpu") as f:
+        with _open_shard(path) as f:
             files |= dict.fromkeys(f.keys(), path)
     state = {}
     for key in files:
@@ -372,8 +442,24 @@ def read_hf_state_dict(directory: Path, dtype: torch.dtype, device: str | torch.
 
 
 def _read(path: Path, key: str) -> torch.Tensor:
-    with safe_open(str(path), framework="pt", device="cpu") as f:
-        return f.get_tensor(key)
+    with _open_shard(path) as f:
+        try:
+            return f.get_tensor(key)
+        except SafetensorError as error:
+            raise CheckpointError(f"{path} is truncated or corrupt: tensor {key}: {error}") from error
+
+
+@contextmanager
+def _open_shard(path: Path) -> Iterator[Any]:
+    """safe_open, with a truncated or foreign file reported as a CheckpointError naming it."""
+    try:
+        handle = safe_open(str(path), framework="pt", device="cpu")
+    except (SafetensorError, OSError) as error:
+        raise CheckpointError(
+            f"{path} is not a readable safetensors file (truncated or corrupt?): {error}"
+        ) from error
+    with handle as f:
+        yield f
 
 
 def _dequantize_experts(
@@ -405,19 +491,3 @@ def import_hf(
     if config.tie_embeddings:
         state.setdefault("lm_head.weight", state["embed_tokens.weight"])
     return build_with_state(config, state, device)
-
-
-def build_with_state(config: ModelConfig, state: dict[str, torch.Tensor], device) -> GptOss:
-    """Build on the meta device (no memory) and adopt the given tensors."""
-    with torch.device("meta"):
-        model = GptOss(config)
-    for i in range(config.num_hidden_layers):
-        state.setdefault(f"layers.{i}.mlp.router.selection_bias", torch.zeros(config.num_experts, device=device))
-    try:
-        model.load_state_dict(state, strict=True, assign=True)
-    except RuntimeError as error:
-        raise CheckpointError(f"weights do not fit the config: {error}") from error
-    if config.tie_embeddings:
-        model.lm_head.weight = model.embed_tokens.weight
-    model.rotary.inv_freq = yarn_inverse_frequencies(config).to(device)
-    return model

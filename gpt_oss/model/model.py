@@ -172,6 +172,7 @@ class GptOss(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         config.validate()
+        config.require_vocab_size()
         self.config = config
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
         self.layers = nn.ModuleList(Block(config, i) for i in range(config.num_hidden_layers))

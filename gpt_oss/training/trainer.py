@@ -18,12 +18,26 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from gpt_oss.model.config import IMPLEMENTATION_FIELDS, ConfigError, resolve_device
-from gpt_oss.model.hf import CheckpointError
+from gpt_oss.files import remove_stale_temporaries
+from gpt_oss.model.config import ConfigError, resolve_device
 from gpt_oss.model.model import GptOss
 from gpt_oss.model.precision import PRECISIONS, autocast_dtype, resolve_precision
+from gpt_oss.model.vocabulary import Vocabulary
 from gpt_oss.studies.plots import plot_losses
-from gpt_oss.training.checkpoint import read_checkpoint, save_checkpoint
+from gpt_oss.training.checkpoint import (
+    capture_rng,
+    check_resumable,
+    check_vocabulary,
+    find_checkpoint,
+    load_optimizer_state,
+    optimizer_name,
+    read_checkpoint,
+    resolve_resume,
+    restore_rng,
+    save_checkpoint,
+    schedule_change,
+)
+from gpt_oss.training.checkpoint_sharded import load_sharded, read_trainer_state, save_sharded
 from gpt_oss.training.debugging import RepeatedBatches, StepProfiler
 from gpt_oss.training.distributed import (
     PARALLEL_MODES,
@@ -31,14 +45,10 @@ from gpt_oss.training.distributed import (
     checkpoint_blocks,
     current_world,
     grad_sync,
-    load_sharded,
     mean_over_ranks_,
     parallelize,
     place_model,
     rank_device,
-    read_trainer_state,
-    save_sharded,
-    sharded_checkpoint,
     sum_floats,
     sum_over_ranks_,
 )
@@ -171,25 +181,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def rng_state() -> dict[str, Any]:
-    state = {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 @dataclass
 class StepStats:
     loss: float
@@ -215,6 +206,7 @@ class Trainer:
         run_dir: str | Path,
         logger: Any = None,
         run_config: dict | None = None,
+        vocabulary: Vocabulary | None = None,
     ):
         """train_loader gives this rank's micro-batches of batch_size / grad_accum / processes
         sequences; val_loader None: no evaluation (and no `best` checkpoint), as in bench."""
@@ -244,6 +236,8 @@ class Trainer:
         self.batch_shape = (micro, config.seq_len)  # what train_loader must give
         self.logger = (logger or NullLogger()) if self.world.is_main else NullLogger()
         self.run_config = run_config or {}
+        # the map from o200k ids to the model's ids, stored in every checkpoint
+        self.vocabulary = vocabulary
         self.metrics = MetricsFile(self.run_dir / "metrics.jsonl")
         self.step, self.best_val, self.skipped, self.tokens_seen = 0, math.inf, 0, 0
         self.saved_steps: dict[str, int] = {}  # checkpoint name -> step, written by this process
@@ -251,13 +245,14 @@ class Trainer:
         self.counts_since_eval: torch.Tensor | None = None  # (layers, experts), for the loggers
         self.flops_per_token = flops_per_token(model.config, config.seq_len)
         self.peak = None
+        self.resumed_from: Path | None = None  # the checkpoint restored, once resume() ran
+        self._started, self._run_id = False, None
 
     # ----------------------------------------------------------------- the loop
     def fit(self) -> dict[str, Any]:
         """Train to max_steps (resuming first if asked); returns the summary."""
-        seed_everything(self.config.seed)
-        run_id = self._maybe_resume()
-        self.logger.start(self.run_dir, self.run_config, run_id=run_id, step=self.step)
+        self.resume()
+        self.logger.start(self.run_dir, self.run_config, run_id=self._run_id, step=self.step)
         if self.world.is_main:  # for MFU; on a CPU a timed matmul: before the clock starts
             self.peak = peak_flops(self.device, self.dtype or torch.float32) * self.world.size
         started, last_log = time.perf_counter(), (time.perf_counter(), self.step)
@@ -415,7 +410,8 @@ class Trainer:
     def _kept(self) -> str:
         """What a diverged run leaves: the `last` checkpoint and, when this process wrote it,
         its step (every checkpoint is checked finite before it is written)."""
-        last = _last_checkpoint(self.run_dir / "checkpoints", self.config.parallel != "none")
+        sharded = self.config.parallel != "none"
+        last = find_checkpoint(self.run_dir / "checkpoints", ("last",), sharded)
         if last is None:
             return "no checkpoint was written"
         step = self.saved_steps.get("last")
@@ -499,89 +495,90 @@ class Trainer:
     def save(self, name: str) -> Path:
         """Atomically write checkpoints/<name>.pt (ddp/fsdp: the sharded checkpoints/<name>/)
         with everything needed to continue exactly."""
-        state = dict(
-            schedule=self.schedule.state_dict(),
-            scaler=self.scaler.state_dict(),
-            step=self.step,
-            best_val=self.best_val,
-            skipped=self.skipped,
-            tokens_seen=self.tokens_seen,
-            rng=rng_state(),
-            data=self.train_loader.state_dict(),
-            wandb_run_id=self.logger.run_id,
-            run_config=self.run_config,
-        )
-        folder = self.run_dir / "checkpoints"
+        folder, state = self.run_dir / "checkpoints", self._training_state()
         if self.config.parallel != "none":
             path = save_sharded(folder / name, self.model, self.optimizer, state)
         else:
-            path = save_checkpoint(
-                folder / f"{name}.pt", self.model, optimizer=self.optimizer.state_dict(), **state
-            )
+            optimizer = self.optimizer.state_dict()
+            path = save_checkpoint(folder / f"{name}.pt", self.model, optimizer=optimizer, **state)
         self.logger.log_checkpoint(path, name, step=self.step)  # W&B artifacts, when asked for
         return path
 
-    def _maybe_resume(self) -> str | None:
-        source = self.config.resume
-        if not source:
-            return None
-        path = resume_checkpoint(source, self.run_dir, sharded=self.config.parallel != "none")
-        if path is None:
-            log.info("trainer.resume=auto: no checkpoint in %s yet, starting fresh", self.run_dir)
-            return None
-        self.restore(path)
-        return self._run_id
+    def _training_state(self) -> dict[str, Any]:
+        """Everything but weights and optimizer moments: tensors and plain values only."""
+        return {
+            "optimizer_name": optimizer_name(self.optimizer),
+            "schedule": self.schedule.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "step": self.step,
+            "best_val": self.best_val,
+            "skipped": self.skipped,
+            "tokens_seen": self.tokens_seen,
+            "rng": capture_rng(),
+            "data": self.train_loader.state_dict(),
+            "wandb_run_id": self.logger.run_id,
+            "run_config": self.run_config,
+            "vocabulary": self.vocabulary.to_dict() if self.vocabulary is not None else None,
+        }
+
+    def resume(self) -> Path | None:
+        """The start of a run, once: seed, remove the temporaries of killed saves, and restore
+        the checkpoint trainer.resume names (returned; None for a fresh start). fit() calls it
+        when the caller has not (train.py calls it first, before writing the run directory)."""
+        if self._started:
+            return self.resumed_from
+        self._started = True
+        seed_everything(self.config.seed)
+        if self.world.is_main:
+            remove_stale_temporaries(self.run_dir / "checkpoints")
+        if self.config.resume:
+            sharded = self.config.parallel != "none"
+            path = resolve_resume(self.config.resume, self.run_dir, sharded)
+            if path is None:
+                log.info("trainer.resume=auto: no checkpoint in %s yet, starting fresh", self.run_dir)
+            else:
+                self.restore(path)
+        return self.resumed_from
 
     def restore(self, path: Path) -> None:
-        """Load model, optimizer, schedule, scaler, RNG and data position from a checkpoint."""
-        payload = self._read_resumable(path)
-        if self.config.parallel != "none":
-            load_sharded(path, self.model, self.optimizer)
+        """Load model, optimizer, schedule, scaler, RNG and data position from a checkpoint,
+        after checking that it fits this run (CheckpointError naming what differs); the metrics
+        history is carried over last, so a refused checkpoint changes no file."""
+        sharded = self.config.parallel != "none"
+        payload = read_trainer_state(path) if sharded else read_checkpoint(path)
+        check_resumable(path, payload, self.model.config, optimizer_name(self.optimizer))
+        check_vocabulary(path, payload, self.vocabulary)
+        if sharded:
+            load_sharded(path, self.model, self.optimizer, payload)
         else:
             self.model.load_state_dict(payload["model"])
-            self.optimizer.load_state_dict(payload["optimizer"])
+            load_optimizer_state(self.optimizer, payload["optimizer"], path)
         self.schedule.load_state_dict(payload["schedule"])
         self.scaler.load_state_dict(payload["scaler"])
         self.train_loader.load_state_dict(payload["data"])
-        set_rng_state(payload["rng"])
+        restore_rng(payload["rng"])
         self.step, self.best_val = payload["step"], payload["best_val"]
         self.skipped, self.tokens_seen = payload["skipped"], payload["tokens_seen"]
         self._run_id = payload.get("wandb_run_id")
+        self._apply_schedule_change(payload.get("run_config") or {})
         if self.world.is_main:
             self._carry_metrics(path)
+        self.resumed_from = path
         log.info("resumed from %s at step %d", path, self.step)
 
-    def _read_resumable(self, path: Path) -> dict[str, Any]:
-        """The checkpoint's payload (a sharded one's training state), checked to fit this run."""
-        sharded = self.config.parallel != "none"
-        if path.is_dir() and not sharded:
-            raise CheckpointError(
-                f"{path} is a sharded checkpoint (trainer.parallel=ddp or fsdp): resume it with "
-                "trainer.parallel=ddp or fsdp and as many processes, or take its weights with "
-                "`python -m gpt_oss.consolidate`"
-            )
-        if sharded and not path.is_dir():
-            raise CheckpointError(
-                f"{path} is a single-process checkpoint: trainer.parallel={self.config.parallel} resumes "
-                "sharded checkpoint directories (checkpoints/last/); resume it with trainer.parallel=none"
-            )
-        payload = (
-            read_trainer_state(path) if sharded else read_checkpoint(path, map_location="cpu")
-        )
-        if "optimizer" not in payload and not sharded:
-            raise CheckpointError(
-                f"{path} holds weights only (consolidated): it cannot resume training"
-            )
-        diff = {
-            k: (v, payload["model_config"].get(k))
-            for k, v in self.model.config.to_dict().items()
-            if payload["model_config"].get(k) != v and k not in IMPLEMENTATION_FIELDS
-        }
-        if diff:
-            raise CheckpointError(
-                f"{path} was trained with another model config: (now, checkpoint) = {diff}"
-            )
-        return payload
+    def _apply_schedule_change(self, saved_run_config: dict[str, Any]) -> None:
+        """A schedule redefined over another length sets the learning rate of the resumed step
+        from the new schedule now, not one step late."""
+        change = schedule_change(saved_run_config, self.run_config)
+        if change is None:
+            return
+        log.info("%s", change)
+        if isinstance(self.schedule, torch.optim.lr_scheduler.LambdaLR):
+            epoch, factors = self.schedule.last_epoch, self.schedule.lr_lambdas
+            lrs = [base * f(epoch) for base, f in zip(self.schedule.base_lrs, factors, strict=True)]
+            for group, lr in zip(self.optimizer.param_groups, lrs, strict=True):
+                group["lr"] = lr
+            self.schedule._last_lr = lrs
 
     def _carry_metrics(self, checkpoint: Path) -> None:
         """The metrics history up to the checkpoint's step, wherever this run writes."""
@@ -639,33 +636,6 @@ def expert_load(counts: torch.Tensor) -> list[list[float]]:
     """Per layer, each expert's share of the token assignments (1/E each when balanced)."""
     counts = counts.float()
     return (counts / counts.sum(dim=1, keepdim=True).clamp(min=1)).tolist()
-
-
-def resume_checkpoint(source: str, run_dir: Path, sharded: bool = False) -> Path | None:
-    """The checkpoint to resume from: a file, a run dir's last.pt, or 'auto' for this run dir.
-    sharded (ddp/fsdp runs): checkpoint directories, a run dir's checkpoints/last/."""
-    if source == "auto":
-        return _last_checkpoint(run_dir / "checkpoints", sharded)
-    path = Path(source)
-    if path.is_file():
-        return path
-    if found := sharded_checkpoint(path):
-        return found
-    for folder in (path / "checkpoints", path):
-        if found := _last_checkpoint(folder, sharded):
-            return found
-    last = "checkpoints/last/" if sharded else "checkpoints/last.pt"
-    raise CheckpointError(
-        f"trainer.resume={source!r}: no checkpoint there; give a run directory with {last}, "
-        "a checkpoint, or 'auto'"
-    )
-
-
-def _last_checkpoint(folder: Path, sharded: bool) -> Path | None:
-    if sharded:
-        return sharded_checkpoint(folder / "last")
-    candidate = folder / "last.pt"
-    return candidate if candidate.is_file() else None
 
 
 def format_summary(summary: dict[str, Any]) -> str:
