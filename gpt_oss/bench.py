@@ -344,7 +344,7 @@ def hf_train_step(
         config, attn_implementation=attention, dtype=torch.float32
     )
     model = model.to(device).train()
-    optimizer = optimizer_factory(named_as_ours(model))
+    optimizer = optimizer_factory(named_as_ours(model, model_config))
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
 
     def step() -> float:
@@ -365,14 +365,20 @@ def hf_train_step(
     return step
 
 
-def named_as_ours(model: torch.nn.Module) -> torch.nn.Module:
+def named_as_ours(model: torch.nn.Module, config: ModelConfig) -> torch.nn.Module:
     """transformers' GptOssForCausalLM with our parameter names (no "model." prefix: its
-    module names are the checkpoint keys, as ours are), so the project's optimizer factories
-    and their parameter groups apply to it unchanged. The parameters are the model's own."""
+    module names are the checkpoint keys, as ours are) and our parameter roles (those of our
+    model of the same `config`, built on the meta device), so the project's optimizer
+    factories and their parameter groups apply to it unchanged. The parameters are its own."""
+    from gpt_oss.model.model import GptOss
+    from gpt_oss.model.roles import parameter_roles
+
     view = torch.nn.Module()
     for name, child in model.model.named_children():
         view.add_module(name, child)
     view.add_module("lm_head", model.lm_head)
+    with torch.device("meta"):
+        view.PARAMETER_ROLES = parameter_roles(GptOss(config))  # full names, declared at the root
     return view
 
 

@@ -167,7 +167,7 @@ def test_the_transformers_step_trains_with_the_runs_own_optimizer_and_parameter_
         transformers.GptOssConfig(**hf_config(config)), attn_implementation="eager"
     )
     ours = {name: p.shape for name, p in GptOss(config).named_parameters()}
-    assert {name: p.shape for name, p in named_as_ours(hf).named_parameters()} == ours
+    assert {name: p.shape for name, p in named_as_ours(hf, config).named_parameters()} == ours
 
     def group_shapes(optimizer: torch.optim.Optimizer) -> list[list[tuple[int, ...]]]:
         return [sorted(tuple(p.shape) for p in g["params"]) for g in optimizer.param_groups]
