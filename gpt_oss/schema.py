@@ -90,8 +90,7 @@ class InfoConfig:
     """conf/info.yaml's schema: a model shape and the training plan to size for it."""
 
     model: ModelConfigNode = MISSING
-    # only sets the vocabulary size of a model that follows the data (model.vocab_size: null)
-    data: DataConfigNode = MISSING
+    data: DataConfigNode = MISSING  # only its vocabulary: the size a null model.vocab_size follows
     verify_meta: bool = True  # cross-check the analytic count with a meta-device build
     gpus: int = ranged(1, "[1, inf)")  # FSDP shards the weights and optimizer state over them
     batch_size: int = ranged(1, "[1, inf)")  # sequences per GPU per micro-batch
