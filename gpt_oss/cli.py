@@ -6,7 +6,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from gpt_oss.model.config import ConfigError
-from gpt_oss.model.hf import CheckpointError
+from gpt_oss.training.checkpoint import CheckpointError
 
 Result = TypeVar("Result")
 

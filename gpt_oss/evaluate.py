@@ -26,6 +26,7 @@ from omegaconf import MISSING, DictConfig
 
 from gpt_oss.cli import exit_on_input_error
 from gpt_oss.data.tokens import encode_text
+from gpt_oss.files import utf8_error, utf8_message
 from gpt_oss.model.config import ConfigError, resolve_device
 from gpt_oss.model.losses import IGNORE_INDEX, linear_cross_entropy
 from gpt_oss.model.model import GptOss
@@ -34,7 +35,7 @@ from gpt_oss.model.tokenizer import get_tokenizer
 from gpt_oss.model.vocabulary import FullVocabulary, Vocabulary
 from gpt_oss.paths import CONF_DIR
 from gpt_oss.schema import check, checked_command_line
-from gpt_oss.training.checkpoint import load_text_vocabulary, load_with_vocabulary
+from gpt_oss.training.loading import load_text_vocabulary, load_with_vocabulary
 from gpt_oss.training.metrics import bits_per_byte
 from gpt_oss.validation import ranged
 
@@ -106,7 +107,10 @@ def read_documents(
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"text_file={str(path)!r} does not exist")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"text_file: {utf8_message(path, utf8_error(path))}") from error
     if path.suffix == ".jsonl":
         documents = []
         for number, line in enumerate(text.splitlines(), 1):

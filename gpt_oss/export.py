@@ -25,9 +25,10 @@ from typing import Any
 import torch
 import yaml
 
-from gpt_oss.model.hf import CheckpointError, export_hf
+from gpt_oss.model.hf import export_hf
 from gpt_oss.model.precision import DTYPES
 from gpt_oss.paths import conf_dir
+from gpt_oss.training.checkpoint import CheckpointError
 from gpt_oss.training.weights import load_weights
 
 log = logging.getLogger(__name__)

@@ -34,9 +34,7 @@ def model_config(node: DictConfig) -> ModelConfig:
 def resolved_model_config(cfg: DictConfig) -> ModelConfig:
     """The model group's config with a null vocab_size resolved as training would resolve it
     against the data group (data.vocab_size for compact, 201088 for full); no data is read."""
-    from gpt_oss.schema import agree_vocabulary
-
-    config = agree_vocabulary(model_config(cfg.model), hydra.utils.instantiate(cfg.data))
+    config = schema.agree_vocabulary(model_config(cfg.model), hydra.utils.instantiate(cfg.data))
     if config.vocab_size is None:
         raise ConfigError(
             "model.vocab_size follows the data, and data.vocab_size=null (every id the training "

@@ -16,10 +16,10 @@ from hydra import compose, initialize_config_dir
 
 from gpt_oss.bench import (
     BenchConfig,
+    RandomTokens,
     format_table,
     hf_train_step,
     named_as_ours,
-    random_batches,
     run,
     step_breakdown,
     summarize,
@@ -167,14 +167,13 @@ def test_the_transformers_step_trains_with_the_runs_own_optimizer_and_parameter_
         transformers.GptOssConfig(**hf_config(config)), attn_implementation="eager"
     )
     ours = {name: p.shape for name, p in GptOss(config).named_parameters()}
-    assert {name: p.shape for name, p in named_as_ours(hf).named_parameters()} == ours
+    assert {name: p.shape for name, p in named_as_ours(hf, config).named_parameters()} == ours
 
     def group_shapes(optimizer: torch.optim.Optimizer) -> list[list[tuple[int, ...]]]:
         return [sorted(tuple(p.shape) for p in g["params"]) for g in optimizer.param_groups]
 
-    trainer = TrainerConfig(batch_size=2, seq_len=8)
-    batches = random_batches(config.vocab_size, trainer, seed=0, device=torch.device("cpu"))
-    step = hf_train_step(config, muon, "eager", None, torch.device("cpu"), batches)
+    batches = RandomTokens(config.vocab_size, 2, 8, seed=0, device=torch.device("cpu"))
+    step = hf_train_step(config, muon, "eager", None, torch.device("cpu"), batches.next_batch)
     assert isinstance(step.optimizer, Muon)
     assert group_shapes(step.optimizer) == group_shapes(muon(GptOss(config)))
     assert math.isfinite(step())  # and it trains

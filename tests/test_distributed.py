@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
-from test_train import compose_run, read_records, tiny_overrides
+from test_train import compose_run, freeze_mid_run, read_records, tiny_overrides
 
 from gpt_oss.consolidate import consolidate_checkpoint
 from gpt_oss.consolidate import main as consolidate_main
@@ -33,16 +33,22 @@ from gpt_oss.model.size import (
     training_memory,
 )
 from gpt_oss.train import follower_overrides, run
-from gpt_oss.training.checkpoint import load_model, load_vocabulary, read_checkpoint
+from gpt_oss.training.checkpoint import (
+    CheckpointError,
+    find_checkpoint,
+    read_checkpoint,
+    resolve_resume,
+)
+from gpt_oss.training.checkpoint_sharded import read_trainer_state
 from gpt_oss.training.distributed import (
     World,
     checkpoint_blocks,
     first_host,
     launch_env,
     launch_world,
-    sharded_checkpoint,
 )
-from gpt_oss.training.trainer import TrainerConfig, resume_checkpoint
+from gpt_oss.training.loading import load_model, load_vocabulary
+from gpt_oss.training.trainer import TrainerConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 FULL = dict(
@@ -134,9 +140,11 @@ def test_a_save_cut_between_its_renames_resumes_from_the_previous_checkpoint(tmp
     old = tmp_path / "checkpoints" / "last.old"
     old.mkdir(parents=True)
     (old / "trainer.pt").write_bytes(b"")
-    assert sharded_checkpoint(tmp_path / "checkpoints" / "last") == old
-    assert resume_checkpoint("auto", tmp_path, sharded=True) == old
-    assert resume_checkpoint("auto", tmp_path, sharded=False) is None
+    assert find_checkpoint(tmp_path / "checkpoints" / "last", names=(), sharded=True) == old
+    assert resolve_resume("auto", tmp_path, sharded=True) == old
+    assert find_checkpoint(tmp_path, ("last",), sharded=False) is None
+    with pytest.raises(CheckpointError, match="is a sharded checkpoint"):  # not a fresh start
+        resolve_resume("auto", tmp_path, sharded=False)
 
 
 # --- activation checkpointing --------------------------------------------------------------
@@ -371,6 +379,37 @@ def test_two_process_run_killed_and_resumed_continues_identically(fsdp_run, work
         rank.send_signal(signal.SIGKILL)  # both ranks die at once, mid-step
         rank.wait()
     assert _has_step(run_dir, 4), "the run did not pass its first checkpoint (step 3)"
+    port = _free_port()
+    _finish(
+        [_start_rank(workdir, rank, port, [*overrides, "trainer.resume=auto"]) for rank in (0, 1)]
+    )
+    _assert_same_losses(read_records(run_dir), read_records(fsdp_run), tolerance=1e-6)
+
+
+@pytest.mark.slow
+def test_a_signal_to_one_rank_stops_both_after_the_same_step_and_they_resume_identically(
+    fsdp_run, workdir
+):
+    run_dir = workdir / "signalled"
+    overrides = [*_overrides(workdir, "trainer.parallel=fsdp", "trainer.activation_checkpointing=true"),
+                 f"hydra.run.dir={run_dir}"]  # fmt: skip
+
+    def start() -> list[subprocess.Popen]:
+        port = _free_port()
+        return [_start_rank(workdir, rank, port, overrides) for rank in (0, 1)]
+
+    # stopped at most 2 steps after the last logged one (rank 1 may wait in a collective)
+    ranks, logged = freeze_mid_run(start, run_dir, after_step=1, margin=3, max_steps=6)
+    ranks[1].send_signal(signal.SIGTERM)  # rank 0 learns of it from the all-reduced stop flag
+    for rank in ranks:
+        rank.send_signal(signal.SIGCONT)
+    for rank in ranks:  # a rank stopping alone would leave the other in a collective: no exit
+        assert rank.wait(timeout=300) == 128 + signal.SIGTERM, rank.log.read_text()[-4000:]
+    stopped = read_trainer_state(run_dir / "checkpoints" / "last")["step"]
+    assert logged <= stopped <= logged + 2
+    log = ranks[0].log.read_text()
+    assert f"SIGTERM stopped the run after step {stopped} of 6" in log
+    assert f"hydra.run.dir={run_dir} trainer.resume=auto" in log
     port = _free_port()
     _finish(
         [_start_rank(workdir, rank, port, [*overrides, "trainer.resume=auto"]) for rank in (0, 1)]

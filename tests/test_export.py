@@ -25,12 +25,8 @@ from gpt_oss.model.hf_tokenizer import FIRST_SPECIAL_ID
 from gpt_oss.model.tokenizer import ENDOFTEXT_ID, VOCAB_SIZE, get_tokenizer
 from gpt_oss.model.vocabulary import FullVocabulary
 from gpt_oss.train import run
-from gpt_oss.training.checkpoint import (
-    load_model,
-    load_vocabulary,
-    read_checkpoint,
-    save_checkpoint,
-)
+from gpt_oss.training.checkpoint import read_checkpoint, save_checkpoint
+from gpt_oss.training.loading import load_model, load_vocabulary
 from gpt_oss.training.weights import initialize_from, load_init_weights
 
 transformers = pytest.importorskip("transformers")
@@ -251,7 +247,7 @@ def test_a_sharded_run_exports_its_consolidated_weights(tmp_path):
     assert export_main([str(tmp_path / "fsdp"), str(tmp_path / "hf")]) == 0
     card = (tmp_path / "hf" / "README.md").read_text()
     assert "steps: 2" in card and "bits per byte" in card
-    from gpt_oss.training.distributed import consolidate
+    from gpt_oss.training.checkpoint_sharded import consolidate
 
     expected, _ = consolidate(tmp_path / "fsdp" / "checkpoints" / "best")
     ids = torch.randint(0, expected.config.vocab_size, (1, 12))  # a compact vocabulary

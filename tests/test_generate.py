@@ -34,11 +34,8 @@ from gpt_oss.model.sampling import (
     sample_from,
 )
 from gpt_oss.model.tokenizer import ENDOFTEXT_ID, get_tokenizer
-from gpt_oss.training.checkpoint import (
-    load_with_run_config,
-    load_with_vocabulary,
-    save_checkpoint,
-)
+from gpt_oss.training.checkpoint import save_checkpoint
+from gpt_oss.training.loading import load_with_run_config, load_with_vocabulary
 
 ROOT = Path(__file__).resolve().parents[1]
 WINDOW = 8  # small, so prompts and generations cross it many times

@@ -14,8 +14,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from gpt_oss.model.hf import CheckpointError, config_from_hf, export_hf, import_hf
-from gpt_oss.training.checkpoint import load_model, save_checkpoint
+from gpt_oss.model.hf import config_from_hf, export_hf, import_hf
+from gpt_oss.training.checkpoint import CheckpointError, save_checkpoint
+from gpt_oss.training.loading import load_model
 
 transformers = pytest.importorskip("transformers")
 

@@ -13,12 +13,12 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-import torch
 from test_train import compose_run, read_records, tiny_overrides
 
 from gpt_oss.model.config import ConfigError
 from gpt_oss.train import make_loggers, run
 from gpt_oss.training import wandb_logger
+from gpt_oss.training.checkpoint import read_checkpoint
 from gpt_oss.training.file_loggers import CSVLogger, TensorBoardLogger, read_csv_metrics
 from gpt_oss.training.tracking import LoggerGroup, NullLogger, short_run_name
 from gpt_oss.training.wandb_logger import WandbLogger, checkpoints_to_prune, resolve_mode
@@ -251,7 +251,7 @@ def test_wandb_offline_run_holds_metrics_and_config(tmp_path):
     final = [v for v in versions if "step-4" in v["aliases"]]
     assert len(final) == 1 and {"best", "last"} <= set(final[0]["aliases"])  # one version, one copy
     assert [f["path"] for f in final[0]["manifest"]["contents"]] == ["model.pt"]
-    checkpoint = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=False)
+    checkpoint = read_checkpoint(run_dir / "checkpoints" / "last.pt")
     assert checkpoint["wandb_run_id"] == summary["run_id"]
 
 

@@ -15,7 +15,8 @@ from test_train import compose_run, read_records, tiny_overrides
 
 from gpt_oss.model.config import ConfigError
 from gpt_oss.train import run
-from gpt_oss.training.checkpoint import load_model, read_checkpoint
+from gpt_oss.training.checkpoint import read_checkpoint
+from gpt_oss.training.loading import load_model
 from gpt_oss.training.retention import keep_snapshot, link_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+import re
+import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -11,14 +14,15 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
 from gpt_oss.model.config import ConfigError
-from gpt_oss.model.hf import CheckpointError
 from gpt_oss.schema import build
 from gpt_oss.train import run
+from gpt_oss.training.checkpoint import CheckpointError, read_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
@@ -110,7 +114,14 @@ def test_tiny_run_trains_and_fills_the_run_directory(tmp_path):
 
 def _train_cli(tmp_path: Path, run_dir: Path, *extra: str) -> subprocess.Popen:
     args = [sys.executable, "-m", "gpt_oss.train", *tiny_overrides(tmp_path, *extra), f"hydra.run.dir={run_dir}"]
-    return subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=_default_sigint)
+
+
+def _default_sigint() -> None:
+    """The child gets SIGINT as a terminal gives it, even where this test runs as a background
+    job (which starts with SIGINT ignored, and a run keeps an ignored SIGINT ignored)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 @pytest.mark.slow
@@ -158,9 +169,128 @@ def test_resume_accepts_other_kernels_and_refuses_another_shape(tmp_path):
         run(compose_run(*tiny_overrides(tmp_path, "trainer.max_steps=6", "model.hidden_size=32", f"trainer.resume={first}")), tmp_path / "other")
 
 
+def test_a_diverging_run_keeps_only_finite_checkpoints_and_says_which_step_they_hold(tmp_path):
+    """optimizer.lr=1e6: the loss stays finite a step longer than the gradient norm does."""
+    from gpt_oss.training.trainer import TrainingDiverged
+
+    every_step = ["trainer.checkpoint_every=1", "trainer.eval_every=1", "trainer.max_steps=8"]
+    cfg = compose_run(*tiny_overrides(tmp_path, "optimizer.lr=1e6", *every_step))
+    with pytest.raises(TrainingDiverged) as caught:
+        run(cfg, tmp_path / "run")
+    found = re.search(r"is (nan|inf|-inf) at step (\d+); .*checkpoints/last.pt \(step (\d+)\) holds finite", str(caught.value))
+    assert found, str(caught.value)
+    assert int(found[3]) == int(found[2]) - 1  # the step before the one that diverged
+    for name in ("last", "best"):
+        checkpoint = read_checkpoint(tmp_path / "run" / "checkpoints" / f"{name}.pt")
+        tensors = [*checkpoint["model"].values()]
+        tensors += [t for state in checkpoint["optimizer"]["state"].values() for t in state.values()]
+        assert all(torch.isfinite(t).all() for t in tensors if t.is_floating_point()), name
+    assert checkpoint["step"] <= int(found[3])
+
+
 def test_nan_loss_stops_with_the_step_and_keeps_the_last_checkpoint(tmp_path):
     from gpt_oss.training.trainer import TrainingDiverged
 
     cfg = compose_run(*tiny_overrides(tmp_path, "trainer.max_steps=6", "optimizer.lr=1e30", "trainer.grad_clip=0"))
     with pytest.raises(TrainingDiverged, match=r"at step \d+"):
         run(cfg, tmp_path / "run")
+
+
+# --- signals: SIGTERM, SIGINT, SIGUSR1 stop after a whole step, write last, say how to resume
+
+SIGNAL_STEPS = ["trainer.max_steps=10", "trainer.checkpoint_every=4", "trainer.eval_every=4", "trainer.log_every=1"]
+
+
+@pytest.fixture(scope="module")
+def signal_workdir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("signals")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(signal_workdir) -> Path:
+    run_dir = signal_workdir / "straight"
+    proc = _train_cli(signal_workdir, run_dir, *SIGNAL_STEPS)
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out
+    return run_dir
+
+
+def _last_logged_step(run_dir: Path) -> int:
+    from gpt_oss.training.tracking import read_metrics  # skips a line torn mid-write
+
+    return max((r["step"] for r in read_metrics(run_dir / "metrics.jsonl")), default=0)
+
+
+def freeze_mid_run(start, run_dir: Path, after_step: int, margin: int, max_steps: int, attempts: int = 3):
+    """Start processes (start() -> list of Popen) and freeze them (SIGSTOP) once step
+    `after_step` is logged, with at least `margin` steps to go before max_steps; a signal sent
+    now is handled on SIGCONT, so the run cannot end on its own first. No timing is assumed:
+    if the processes ran too far before the freeze, they are killed and started afresh."""
+    for _ in range(attempts):
+        procs = start()
+        deadline = time.time() + 300  # a generous bound: the wait ends on a line in metrics.jsonl
+        while time.time() < deadline and _last_logged_step(run_dir) < after_step and all(p.poll() is None for p in procs):
+            time.sleep(0.1)
+        for proc in procs:
+            proc.send_signal(signal.SIGSTOP)
+        logged = _last_logged_step(run_dir)
+        if after_step <= logged <= max_steps - margin and all(p.poll() is None for p in procs):
+            return procs, logged
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+        shutil.rmtree(run_dir, ignore_errors=True)
+    raise AssertionError(f"could not catch the run between steps {after_step} and {max_steps - margin}")
+
+
+def _resume_command(out: str) -> list[str]:
+    lines = out.splitlines()
+    index = next(i for i, line in enumerate(lines) if line.rstrip().endswith("Resume with:"))
+    return shlex.split(lines[index + 1])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGUSR1], ids=lambda s: s.name)
+def test_a_signal_stops_after_the_step_writes_last_and_the_printed_command_resumes_exactly(
+    signal_workdir, uninterrupted, signum
+):
+    run_dir = signal_workdir / signum.name
+    [proc], logged = freeze_mid_run(lambda: [_train_cli(signal_workdir, run_dir, *SIGNAL_STEPS)], run_dir,
+                                    after_step=2, margin=2, max_steps=10)  # fmt: skip
+    proc.send_signal(signum)
+    proc.send_signal(signal.SIGCONT)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 128 + signum, out  # 143, 130, 138: an unfinished run
+    stopped = int(re.search(rf"{signum.name} stopped the run after step (\d+) of 10", out)[1])
+    assert stopped in (logged, logged + 1)  # the step in flight is finished, no further
+    assert read_checkpoint(run_dir / "checkpoints" / "last.pt")["step"] == stopped
+    command = _resume_command(out)
+    assert command[-2:] == [f"hydra.run.dir={run_dir}", "trainer.resume=auto"]
+    resumed = subprocess.run(command, cwd=signal_workdir, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    resumed_losses, straight_losses = _losses(run_dir), _losses(uninterrupted)
+    assert [key for key, _ in resumed_losses] == [key for key, _ in straight_losses]
+    for (key, resumed_loss), (_, straight_loss) in zip(resumed_losses, straight_losses, strict=True):
+        assert math.isclose(resumed_loss, straight_loss, rel_tol=1e-6), key
+
+
+@pytest.mark.slow
+def test_a_second_sigint_exits_at_once_without_saving(signal_workdir):
+    run_dir = signal_workdir / "twice"
+    for _ in range(3):  # again if the run finished its clean stop before the second SIGINT
+        [proc], _ = freeze_mid_run(lambda: [_train_cli(signal_workdir, run_dir, *SIGNAL_STEPS)],
+                                   run_dir, after_step=2, margin=2, max_steps=10)  # fmt: skip
+        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signal.SIGCONT)
+        for line in proc.stdout:  # written once the first SIGINT is handled: SIGINT is the OS's now
+            if line.startswith("SIGINT received"):
+                break
+        proc.send_signal(signal.SIGSTOP)  # hold it there: the second SIGINT must find it running
+        if proc.poll() is None:
+            break
+        shutil.rmtree(run_dir)
+    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signal.SIGCONT)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == -signal.SIGINT, out  # killed by the signal itself: no clean stop
+    assert "stopped the run" not in out

@@ -144,6 +144,8 @@ class ValLoader:
             raise DataError(
                 f"{len(self.tokens)} validation tokens are too few for one window of seq_len={seq_len}"
             )
+        # UTF-8 bytes per token of the split, for the trainer's bits per byte (None: unknown)
+        self.bytes_per_token = tokens.bytes_per_token if isinstance(tokens, TokenFile) else None
         self.batch_size, self.seq_len, self.stride = batch_size, seq_len, stride
         self.device = torch.device(device)
         num_windows = (len(self.tokens) - seq_len - 1) // stride + 1

@@ -65,8 +65,10 @@ from gpt_oss.data.tokens import (
     atomic_write_text,
     encode_documents,
     fsync_directory,
+    metadata_checksum,
     read_metadata,
 )
+from gpt_oss.files import remove_stale_temporaries, temporary_path
 from gpt_oss.model.tokenizer import ENCODING_NAME, ENDOFTEXT_ID, VOCAB_SIZE, get_tokenizer
 from gpt_oss.model.vocabulary import FullVocabulary, Vocabulary
 from gpt_oss.training.distributed import World, broadcast_object
@@ -319,7 +321,7 @@ def _write_split(
     bin_path = directory / f"{split}.bin"
     # Stale metadata must not outlive the .bin it described.
     bin_path.with_suffix(".json").unlink(missing_ok=True)
-    tmp = directory / f".{split}.bin.{os.getpid()}.tmp"
+    tmp = temporary_path(bin_path)
     digest, totals, start = hashlib.sha256(), np.zeros(3, dtype=np.int64), time.perf_counter()
     bar = tqdm(total=len(documents), unit="doc", desc=f"{source.name}/{split}", disable=not progress)
     try:
@@ -359,6 +361,7 @@ def _write_split(
         "seconds": round(seconds, 3),
         "tokens_per_second": round(totals[0] / max(seconds, 1e-9)),
     }
+    metadata["metadata_sha256"] = metadata_checksum(metadata)
     atomic_write_text(bin_path.with_suffix(".json"), json.dumps(metadata, indent=2) + "\n")
     fsync_directory(directory)
     return TokenFile.open(bin_path, verify_checksum="never")  # just computed: no need to re-read
@@ -373,6 +376,8 @@ def _stale_reason(metadata: dict[str, Any], source: _Source) -> str | None:
     for key, value in expected.items():
         if metadata.get(key) != value:
             return f"{key} is {metadata.get(key)!r}, now {value!r}"
+    if "metadata_sha256" not in metadata:
+        return "written by an older version, without metadata_sha256"
     return None
 
 
@@ -442,8 +447,11 @@ def _prepared(
 
 
 def _prepare_plan(plan: _Plan, root: Path, config: DataConfig, progress: bool) -> PreparedData:
-    """Reuse what is prepared and valid; tokenize the missing or stale splits."""
+    """Reuse what is prepared and valid; tokenize the missing or stale splits. Temporaries of
+    killed preparations (.train.bin.<pid>.tmp) are removed first."""
     source = plan.source
+    for stale in remove_stale_temporaries(source.directory(root)):
+        log.info("removed %s, left by a preparation that was killed", stale)
     if prepared := _load_prepared(source, root, config):
         return prepared
     directory = source.directory(root)

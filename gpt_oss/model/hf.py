@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 
 from gpt_oss.model.config import ConfigError, ModelConfig
-from gpt_oss.model.model import GptOss, yarn_inverse_frequencies
+from gpt_oss.model.model import GptOss
 from gpt_oss.model.tokenizer import ENDOFTEXT_ID, VOCAB_SIZE
 from gpt_oss.model.vocabulary import (
     FullVocabulary,
@@ -20,6 +22,7 @@ from gpt_oss.model.vocabulary import (
     VocabularyError,
     vocabulary_from_dict,
 )
+from gpt_oss.training.checkpoint import CheckpointError, build_with_state
 
 FP4_VALUES = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0)
 SHARD_BYTES = 4 * 2**30
@@ -91,10 +94,6 @@ _ROPE_NAMES = {  # our field -> its name in config.json's rope dict (error messa
 }
 _ARCHITECTURES = ("GptOssForCausalLM", "GptOssModel")
 _QUANTIZATIONS = ("mxfp4",)  # read_hf_state_dict dequantizes *_blocks / *_scales
-
-
-class CheckpointError(ValueError):
-    """A checkpoint directory or file is missing, corrupt, or not a GPT-OSS model."""
 
 
 def hf_config(config: ModelConfig, vocabulary: Vocabulary | None = None) -> dict:
@@ -367,14 +366,33 @@ def dequantize_mxfp4(blocks: torch.Tensor, scales: torch.Tensor, dtype: torch.dt
 
 
 def _safetensor_files(directory: Path) -> list[Path]:
+    """The shards of a directory: those its index names (inside the directory only), else all."""
     index = directory / "model.safetensors.index.json"
-    if index.exists():
+    if not index.exists():
+        files = sorted(directory.glob("*.safetensors"))
+        if not files:
+            raise CheckpointError(f"{directory} holds no *.safetensors files")
+        return files
+    try:
         names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        return [directory / n for n in names]
-    files = sorted(directory.glob("*.safetensors"))
-    if not files:
-        raise CheckpointError(f"{directory} holds no *.safetensors files")
-    return files
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as error:
+        raise CheckpointError(f"{index} is not a safetensors index (a weight_map): {error}") from error
+    return [_shard_inside(directory, index, name) for name in names]
+
+
+def _shard_inside(directory: Path, index: Path, name: object) -> Path:
+    """directory/name, refused unless it is a file inside `directory` (no "..", absolute path
+    or link out)."""
+    root = directory.resolve()
+    path = (directory / str(name)).resolve()
+    if not isinstance(name, str) or path.parent != root or Path(name).is_absolute():
+        raise CheckpointError(
+            f"{index} names {name!r}, which is not a file inside {directory}: refused "
+            "(an index may only name shards beside it)"
+        )
+    if not path.is_file():
+        raise CheckpointError(f"{index} names {name!r}, which does not exist in {directory}")
+    return path
 
 
 def read_hf_state_dict(directory: Path, dtype: torch.dtype, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
@@ -386,7 +404,7 @@ def read_hf_state_dict(directory: Path, dtype: torch.dtype, device: str | torch.
     """
     files = {}
     for path in _safetensor_files(directory):
-        with safe_open(str(path), framework="pt", device="cpu") as f:
+        with _open_shard(path) as f:
             files |= dict.fromkeys(f.keys(), path)
     state = {}
     for key in files:
@@ -406,8 +424,24 @@ def read_hf_state_dict(directory: Path, dtype: torch.dtype, device: str | torch.
 
 
 def _read(path: Path, key: str) -> torch.Tensor:
-    with safe_open(str(path), framework="pt", device="cpu") as f:
-        return f.get_tensor(key)
+    with _open_shard(path) as f:
+        try:
+            return f.get_tensor(key)
+        except SafetensorError as error:
+            raise CheckpointError(f"{path} is truncated or corrupt: tensor {key}: {error}") from error
+
+
+@contextmanager
+def _open_shard(path: Path) -> Iterator[Any]:
+    """safe_open, with a truncated or foreign file reported as a CheckpointError naming it."""
+    try:
+        handle = safe_open(str(path), framework="pt", device="cpu")
+    except (SafetensorError, OSError) as error:
+        raise CheckpointError(
+            f"{path} is not a readable safetensors file (truncated or corrupt?): {error}"
+        ) from error
+    with handle as f:
+        yield f
 
 
 def _dequantize_experts(
@@ -439,19 +473,3 @@ def import_hf(
     if config.tie_embeddings:
         state.setdefault("lm_head.weight", state["embed_tokens.weight"])
     return build_with_state(config, state, device)
-
-
-def build_with_state(config: ModelConfig, state: dict[str, torch.Tensor], device) -> GptOss:
-    """Build on the meta device (no memory) and adopt the given tensors."""
-    with torch.device("meta"):
-        model = GptOss(config)
-    for i in range(config.num_hidden_layers):
-        state.setdefault(f"layers.{i}.mlp.router.selection_bias", torch.zeros(config.num_experts, device=device))
-    try:
-        model.load_state_dict(state, strict=True, assign=True)
-    except RuntimeError as error:
-        raise CheckpointError(f"weights do not fit the config: {error}") from error
-    if config.tie_embeddings:
-        model.lm_head.weight = model.embed_tokens.weight
-    model.rotary.inv_freq = yarn_inverse_frequencies(config).to(device)
-    return model

@@ -14,16 +14,19 @@ from typing import Any
 import torch
 
 from gpt_oss.model.config import ConfigError, ModelConfig
-from gpt_oss.model.hf import (
-    CheckpointError,
-    build_with_state,
-    config_from_hf,
-    hf_vocabulary,
-    import_hf,
-)
+from gpt_oss.model.hf import config_from_hf, hf_vocabulary, import_hf
 from gpt_oss.model.model import GptOss
 from gpt_oss.model.vocabulary import Vocabulary
-from gpt_oss.training.checkpoint import checkpoint_vocabulary, read_checkpoint, resolve_checkpoint
+from gpt_oss.training.checkpoint import (
+    CheckpointError,
+    build_with_state,
+    checkpoint_vocabulary,
+    find_checkpoint,
+    no_checkpoint_message,
+    read_checkpoint,
+)
+
+NAMES = ("best", "last")  # a run directory exports (or starts from) its best, else its last
 
 
 @dataclass
@@ -41,7 +44,7 @@ def load_weights(path: str | Path) -> Weights:
     """The weights at `path`: one of our .pt files, a run directory (checkpoints/best, else last;
     single-process or sharded), a sharded checkpoint directory, or a Hugging Face directory.
     Raises CheckpointError naming the path when it holds none of these."""
-    from gpt_oss.training.distributed import consolidate
+    from gpt_oss.training.checkpoint_sharded import consolidate
 
     path = _existing(path)
     if sharded := _sharded(path):
@@ -50,7 +53,7 @@ def load_weights(path: str | Path) -> Weights:
         return Weights(model, sharded, state, _run_dir_of(sharded), vocabulary)
     if _is_hf_dir(path):
         return Weights(import_hf(path).eval(), path, {}, None, hf_vocabulary(path))
-    checkpoint = resolve_checkpoint(path)
+    checkpoint = _checkpoint_file(path)
     payload = read_checkpoint(checkpoint)
     config = ModelConfig.from_dict(payload["model_config"])
     model = build_with_state(config, dict(payload["model"]), "cpu").eval()
@@ -62,16 +65,16 @@ def load_weights(path: str | Path) -> Weights:
 def weights_config(path: str | Path) -> ModelConfig:
     """The model config of load_weights(path) without its tensors (a Hugging Face config.json,
     a sharded checkpoint's training state, or one of our files read onto the meta device)."""
-    from gpt_oss.training.distributed import read_trainer_state
+    from gpt_oss.training.checkpoint_sharded import read_trainer_state
 
     path = _existing(path)
     if sharded := _sharded(path):
         return ModelConfig.from_dict(
-            read_trainer_state(sharded, map_location="meta")["model_config"]
+            read_trainer_state(sharded, verify=False)["model_config"]
         )
     if _is_hf_dir(path):
         return config_from_hf(json.loads((path / "config.json").read_text()))
-    payload = read_checkpoint(resolve_checkpoint(path), map_location="meta")
+    payload = read_checkpoint(_checkpoint_file(path), verify=False)  # memory-mapped: no copy
     return ModelConfig.from_dict(payload["model_config"])
 
 
@@ -91,14 +94,18 @@ def _is_hf_dir(path: Path) -> bool:
 def _sharded(path: Path) -> Path | None:
     """A sharded checkpoint at path, or a run directory's best/ (else last/) when the run has no
     single-file checkpoint (consolidate writes one beside the shards)."""
-    from gpt_oss.training.distributed import sharded_checkpoint
-
-    if found := sharded_checkpoint(path):
-        return found
-    folder = path / "checkpoints"
-    if any((folder / name).is_file() for name in ("best.pt", "last.pt")):
+    if find_checkpoint(path, NAMES, sharded=False):
         return None
-    return sharded_checkpoint(folder / "best") or sharded_checkpoint(folder / "last")
+    return find_checkpoint(path, NAMES, sharded=True)
+
+
+def _checkpoint_file(path: Path) -> Path:
+    if found := find_checkpoint(path, NAMES, sharded=False):
+        return found
+    raise CheckpointError(
+        no_checkpoint_message(path, NAMES, sharded=False)
+        + ", a sharded checkpoint, or a Hugging Face directory with config.json"
+    )
 
 
 def _run_dir_of(checkpoint: Path) -> Path | None:
