@@ -62,11 +62,10 @@ from gpt_oss.data.tokens import (
     FORMAT,
     TOKEN_DTYPE,
     TokenFile,
-    atomic_write_text,
     encode_documents,
     fsync_directory,
-    metadata_checksum,
     read_metadata,
+    write_metadata,
 )
 from gpt_oss.files import remove_stale_temporaries, temporary_path
 from gpt_oss.model.tokenizer import ENCODING_NAME, ENDOFTEXT_ID, VOCAB_SIZE, get_tokenizer
@@ -361,8 +360,7 @@ def _write_split(
         "seconds": round(seconds, 3),
         "tokens_per_second": round(totals[0] / max(seconds, 1e-9)),
     }
-    metadata["metadata_sha256"] = metadata_checksum(metadata)
-    atomic_write_text(bin_path.with_suffix(".json"), json.dumps(metadata, indent=2) + "\n")
+    write_metadata(bin_path, metadata)
     fsync_directory(directory)
     return TokenFile.open(bin_path, verify_checksum="never")  # just computed: no need to re-read
 

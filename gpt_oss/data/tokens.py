@@ -65,6 +65,13 @@ def metadata_checksum(metadata: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
 
 
+def write_metadata(bin_path: Path, metadata: dict[str, Any]) -> None:
+    """Write `<split>.json` beside a .bin atomically, with its metadata_sha256 added: every
+    token file's metadata is written here, so every one is covered."""
+    metadata = metadata | {"metadata_sha256": metadata_checksum(metadata)}
+    atomic_write_text(bin_path.with_suffix(".json"), json.dumps(metadata, indent=2) + "\n")
+
+
 def _check_metadata(bin_path: Path, metadata: dict[str, Any]) -> None:
     meta_path = bin_path.with_suffix(".json")
     if "metadata_sha256" not in metadata:
