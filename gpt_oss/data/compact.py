@@ -33,6 +33,7 @@ from gpt_oss.data.tokens import (
     TokenFile,
     atomic_write_text,
     fsync_directory,
+    metadata_checksum,
     read_metadata,
 )
 from gpt_oss.model.tokenizer import ENCODING_NAME
@@ -143,6 +144,7 @@ def _write_split(
         tmp.unlink(missing_ok=True)
     metadata = _metadata(split, source, vocabulary, num_tokens, digest.hexdigest())
     metadata |= {"spelled_o200k_tokens": spelled, "seconds": round(time.perf_counter() - start, 3)}
+    metadata["metadata_sha256"] = metadata_checksum(metadata)  # TokenFile.open requires it
     atomic_write_text(bin_path.with_suffix(".json"), json.dumps(metadata, indent=2) + "\n")
     fsync_directory(directory)
     return TokenFile.open(bin_path, verify_checksum="never")  # just computed
