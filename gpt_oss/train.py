@@ -455,16 +455,20 @@ def exit_stopped(summary: dict[str, Any]) -> None:
 
 
 def resume_command(run_dir: Path, world_size: int = 1) -> str:
-    """The command line that continues this run in its run directory: this job's overrides,
-    hydra.run.dir=<run dir> and trainer.resume=auto."""
+    """The command line that continues this run in its run directory. A resume takes the run's
+    config from its checkpoint (resume_config), so it repeats only what a resume takes from
+    today's command line: the launch settings and the logger choice."""
     task = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
-    replaced = ("trainer.resume=", "hydra.run.dir=")
-    kept = [o for o in task if not o.lstrip("+~").startswith(replaced)]
-    args = [*kept, f"hydra.run.dir={run_dir.resolve()}", "trainer.resume=auto"]
+    todays = [o for o in task if _is_todays_on_resume(o.split("=", 1)[0].lstrip("+~"))]
+    args = [*todays, f"hydra.run.dir={run_dir.resolve()}", "trainer.resume=auto"]
     module = "-m gpt_oss.train " + " ".join(shlex.quote(arg) for arg in args)
     if world_size > 1:
         return f"<the same launcher as before: torchrun ... or srun ...> {module}"
     return f"{shlex.quote(sys.executable)} {module}"
+
+
+def _is_todays_on_resume(key: str) -> bool:
+    return (key in LAUNCH_FIELDS and key != "trainer.resume") or key.split(".")[0] == "logger"
 
 
 def discard_unused_run_dir(run_dir: Path) -> bool:

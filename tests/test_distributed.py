@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
-from test_train import compose_run, freeze_mid_run, read_records, tiny_overrides
+from test_train import _resume_command, compose_run, freeze_mid_run, read_records, tiny_overrides
 
 from gpt_oss.consolidate import consolidate_checkpoint
 from gpt_oss.consolidate import main as consolidate_main
@@ -409,11 +409,12 @@ def test_a_signal_to_one_rank_stops_both_after_the_same_step_and_they_resume_ide
     assert logged <= stopped <= logged + 2
     log = ranks[0].log.read_text()
     assert f"SIGTERM stopped the run after step {stopped} of 6" in log
-    assert f"hydra.run.dir={run_dir} trainer.resume=auto" in log
+    command = _resume_command(log)  # "<the same launcher as before ...> -m gpt_oss.train ..."
+    resume = command[command.index("gpt_oss.train") + 1 :]
+    assert resume[-2:] == [f"hydra.run.dir={run_dir}", "trainer.resume=auto"]
+    assert "trainer.parallel=fsdp" in resume  # a launch setting: today's, so repeated
     port = _free_port()
-    _finish(
-        [_start_rank(workdir, rank, port, [*overrides, "trainer.resume=auto"]) for rank in (0, 1)]
-    )
+    _finish([_start_rank(workdir, rank, port, resume) for rank in (0, 1)])
     _assert_same_losses(read_records(run_dir), read_records(fsdp_run), tolerance=1e-6)
 
 
