@@ -20,7 +20,7 @@ from omegaconf import OmegaConf
 from gpt_oss.data.compact import compact_directory
 from gpt_oss.data.config import DataConfig, DataError
 from gpt_oss.data.prepare import prepare
-from gpt_oss.data.tokens import TokenFile
+from gpt_oss.data.tokens import TokenFile, metadata_checksum
 from gpt_oss.evaluate import run as evaluate
 from gpt_oss.generate import run as generate_cli
 from gpt_oss.model.config import ConfigError
@@ -207,9 +207,8 @@ def test_resuming_with_another_vocabulary_is_refused(trained, story_files, tmp_p
     texts = [json.loads(line)["text"] for line in story_files["val"].read_text().splitlines()]
     other.write_text("".join(json.dumps({"text": t + " Zyx!"}) + "\n" for t in texts * 8))
     files = {"train": other, "val": story_files["val"]}
-    cfg = compose_config(
-        "config", *run_overrides(files, tmp_path / "cache", f"trainer.resume={trained['run_dir']}")
-    )
+    resume = [f"trainer.resume={trained['run_dir']}", "trainer.max_steps=24"]  # past its end
+    cfg = compose_config("config", *run_overrides(files, tmp_path / "cache", *resume))
     with pytest.raises(CheckpointError, match="another vocabulary"):
         train(cfg, tmp_path / "run")
 
@@ -268,10 +267,25 @@ def test_compact_files_are_reused_remapped_when_stale_and_refused_when_damaged(
     metadata = json.loads(meta_path.read_text())
     metadata["vocabulary"]["o200k_ids"][-2] += 1  # a damaged map
     meta_path.write_text(json.dumps(metadata))
+    with pytest.raises(DataError, match=r"train.json.*metadata_sha256"):  # the metadata's checksum
+        prepare(config, progress=False)
+    metadata["metadata_sha256"] = metadata_checksum(metadata)  # resealed: the map's own checksum
+    meta_path.write_text(json.dumps(metadata))
     with pytest.raises(
         DataError, match=r"train.json: compact vocabulary checksum mismatch.*Delete"
     ):
         prepare(config, progress=False)
+
+
+def test_compact_files_of_an_older_version_are_mapped_again(story_files, tmp_path):
+    config = compact_config(story_files, tmp_path, vocab_size=1024)
+    first = prepare(config, progress=False)
+    meta_path = first.val.path.with_suffix(".json")
+    metadata = json.loads(meta_path.read_text())
+    del metadata["metadata_sha256"]  # as written before token metadata carried its checksum
+    meta_path.write_text(json.dumps(metadata))
+    again = prepare(config, progress=False)
+    assert "metadata_sha256" in again.val.metadata and again.vocabulary == first.vocabulary
 
 
 def test_a_compact_vocabulary_too_small_for_the_bytes_is_refused_at_once(story_files, tmp_path):

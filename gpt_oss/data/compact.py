@@ -33,6 +33,7 @@ from gpt_oss.data.tokens import (
     TokenFile,
     atomic_write_text,
     fsync_directory,
+    metadata_checksum,
     read_metadata,
 )
 from gpt_oss.model.tokenizer import ENCODING_NAME
@@ -64,6 +65,9 @@ def open_compact(
         bin_path = directory / f"{split}.bin"
         metadata = read_metadata(bin_path)
         if metadata is None:
+            return None
+        if "metadata_sha256" not in metadata:
+            log.info("%s was written by an older version: preparing it again", bin_path)
             return None
         if metadata.get("o200k_sha256") != source.metadata["sha256"]:
             log.info("%s was mapped from another %s split: preparing it again", bin_path, split)
@@ -143,6 +147,7 @@ def _write_split(
         tmp.unlink(missing_ok=True)
     metadata = _metadata(split, source, vocabulary, num_tokens, digest.hexdigest())
     metadata |= {"spelled_o200k_tokens": spelled, "seconds": round(time.perf_counter() - start, 3)}
+    metadata["metadata_sha256"] = metadata_checksum(metadata)  # last: it covers every field
     atomic_write_text(bin_path.with_suffix(".json"), json.dumps(metadata, indent=2) + "\n")
     fsync_directory(directory)
     return TokenFile.open(bin_path, verify_checksum="never")  # just computed
