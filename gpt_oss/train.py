@@ -189,12 +189,6 @@ def _train(cfg: DictConfig, parts: dict[str, Any], run_dir: Path, world: distrib
     run_config["parameters"] = parameter_counts(model_config)
     run_config["provenance"] = provenance(_task_overrides())
     trainer = Trainer(model, parts["optimizer"], parts["schedule"], data, parts["trainer_config"],
-                      run_dir, logger, run_config)
-    trainer.resume()  # checks the checkpoint fits before the run directory is written
-    if world.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(run_config)))
-    trainer = Trainer(model, parts["optimizer"], parts["schedule"], data, parts["trainer_config"],
                       run_dir, logger, run_config, vocabulary=data.vocabulary)
     trainer.resume()  # checks the checkpoint fits before the run directory is written
     if world.is_main:
