@@ -31,6 +31,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 from torch.autograd import DeviceType
 
+from gpt_oss.cli import exit_on_input_error
 from gpt_oss.model.config import ConfigError, ModelConfig
 from gpt_oss.model.precision import (
     PRECISIONS,
@@ -545,12 +546,7 @@ class RandomTokens:
 @checked_command_line(BenchRunConfig)
 @hydra.main(version_base=None, config_path=CONF_DIR, config_name="bench")
 def main(cfg: DictConfig) -> None:
-    try:
-        run(cfg)
-    except ConfigError as error:
-        # stderr, not the log: conf/bench.yaml disables logging (a benchmark only prints)
-        print(f"ConfigError: {error}", file=sys.stderr, flush=True)
-        raise SystemExit(2) from error
+    exit_on_input_error(run, cfg)
 
 
 if __name__ == "__main__":
