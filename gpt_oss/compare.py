@@ -33,9 +33,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--metric",
-        default="final_val_loss",
+        default="final_val_bpb",
         choices=[c for c in COLUMNS if "val" in c],
-        help="the second panel's y axis",
+        help="the second panel's y axis, and the metric the seed-noise test compares",
     )
     parser.add_argument("--wandb-group", help="read this W&B group's runs instead of directories")
     parser.add_argument("--wandb-project", default="gpt-oss-lab")

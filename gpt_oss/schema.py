@@ -102,8 +102,9 @@ def check_partial(factory: Any, group: str, first_arg: str) -> None:
         raise ConfigError(f"{group} config does not fit {factory.func.__name__}: {error}; valid keys: {params}") from error
 
 
-def make(node: DictConfig, group: str, **kwargs: Any) -> Any:
-    """instantiate, with a failure reported as a ConfigError that names the group."""
+def make(node: DictConfig, group: str, /, **kwargs: Any) -> Any:
+    """instantiate, with a failure reported as a ConfigError that names the group (positional:
+    kwargs may hold a field named group, as W&B's logger has)."""
     try:
         return instantiate(node, _convert_="all", **kwargs)
     except InstantiationException as error:

@@ -30,33 +30,69 @@ from gpt_oss.model.model import build_model
 from gpt_oss.model.vocabulary import VocabularyError, follow_data
 from gpt_oss.schema import build, make, vocabulary_setting
 from gpt_oss.training import distributed
+from gpt_oss.training.tracking import LoggerGroup, short_run_name
 
 log = logging.getLogger("gpt_oss.train")
 schema.register()
 
 
 def job_identity(cfg: DictConfig) -> tuple[str | None, str | None]:
-    """(W&B group, run name): a sweep shares one group; a run is named by its overrides."""
+    """(W&B group, run name): a sweep shares one group and names each job by its swept keys
+    (`num_experts=8`); a single run is named by its overrides, keys shortened, at most 64 chars."""
     if not HydraConfig.initialized():
         return None, None
     hc = HydraConfig.get()
-    overrides = hc.job.override_dirname or None
+    excluded = set(hc.job.config.override_dirname.exclude_keys)
+    overrides = [o for o in hc.overrides.task if o.partition("=")[0].lstrip("+~") not in excluded]
     if hc.mode == RunMode.MULTIRUN:
         sweep = Path(hc.sweep.dir)  # outputs/multirun/<date>/<time>: both parts, unique per sweep
-        return f"{cfg.name}-{sweep.parent.name}-{sweep.name}", overrides or f"job{hc.job.num}"
-    return None, overrides
+        name = short_run_name(overrides, swept_keys(hc)) or f"job{hc.job.num}"
+        return seed_group(f"{cfg.name}-{sweep.parent.name}-{sweep.name}", overrides), name
+    return None, short_run_name(overrides)
 
 
-def provenance() -> dict[str, Any]:
-    """Versions and git commit, so a run directory says what produced it."""
+def seed_group(sweep_group: str, overrides: list[str]) -> str:
+    """A sweep job's W&B group: the sweep's; or, when the job sets trainer.seed,
+    '<sweep group>/<its other overrides>', so W&B aggregates the seeds of one setting
+    (compare --wandb-group <sweep group> still reads them all)."""
+    if not any(o.lstrip("+~").partition("=")[0] == "trainer.seed" for o in overrides):
+        return sweep_group
+    others = [o for o in overrides if o.lstrip("+~").partition("=")[0] != "trainer.seed"]
+    return f"{sweep_group}/{','.join(others) or 'default'}"
+
+
+def swept_keys(hc: Any) -> set[str]:
+    """The keys a multirun sweeps: the sweeper's params (an experiment's hydra.sweeper.params)
+    and the command line's sweep overrides (`k=a,b`, `k=range(...)`), read from the sweep's
+    multirun.yaml, which holds the command line as typed."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    keys = {str(k).lstrip("+~") for k in (hc.sweeper.get("params") or {})}
+    multirun = Path(hc.sweep.dir) / "multirun.yaml"
+    if multirun.is_file():
+        typed = OmegaConf.load(multirun).hydra.overrides.task
+        parsed = OverridesParser.create().parse_overrides(list(typed))
+        keys |= {o.key_or_group for o in parsed if o.is_sweep_override()}
+    return keys
+
+
+def provenance(overrides: list[str] | None = None) -> dict[str, Any]:
+    """Versions, git commit and dirty flag, and the command line's overrides, so a run
+    directory (and its W&B run, whose name is short) says what produced it."""
+    source = Path(__file__).parent
+    commit, dirty = _git(["rev-parse", "HEAD"], source), _git(["status", "--porcelain"], source)
+    return {"torch": str(torch.__version__), "python": sys.version.split()[0],
+            "git_commit": commit, "git_dirty": None if commit is None else bool(dirty),
+            "overrides": list(overrides or [])}
+
+
+def _git(args: list[str], cwd: Path) -> str | None:
+    """A git command's stripped output; None outside a checkout or without git."""
     try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-            cwd=Path(__file__).parent,
-        ).stdout.strip() or None
+        done = subprocess.run(["git", *args], capture_output=True, text=True, timeout=5, cwd=cwd)
     except (OSError, subprocess.SubprocessError):
-        commit = None
-    return {"torch": str(torch.__version__), "python": sys.version.split()[0], "git_commit": commit}
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
 
 
 def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
@@ -81,7 +117,7 @@ def _train(cfg: DictConfig, parts: dict[str, Any], run_dir: Path, world: distrib
     from gpt_oss.training.trainer import Trainer, format_summary, seed_everything
 
     group, name = job_identity(cfg)
-    logger = make(cfg.logger, "logger", **_missing_identity(cfg.logger, group, name))
+    logger = make_loggers(cfg.logger, group, name)
     data = prepare_data(parts["data_config"], world)  # rank 0 first, then the others
     model_config = follow_data_vocabulary(parts["model_config"], data, parts["data_config"])
     seed_everything(parts["trainer_config"].seed)
@@ -93,16 +129,20 @@ def _train(cfg: DictConfig, parts: dict[str, Any], run_dir: Path, world: distrib
     run_config["model"]["vocab_size"] = model_config.vocab_size
     run_config["data"]["fallback"] = data.fallback  # None, or why TinyStories was replaced
     run_config["data_prepared"] = data.summary()  # what was actually read: source, sizes, sha256
-    if data.fallback and hasattr(logger, "tags"):
-        logger.tags.append("synthetic-fallback")  # visible in the W&B run list, not only its config
+    if data.fallback:
+        logger.add_tags("synthetic-fallback")  # visible in the W&B run list, not only its config
     run_config["parameters"] = parameter_counts(model_config)
-    run_config["provenance"] = provenance()
+    run_config["provenance"] = provenance(_task_overrides())
     if world.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(run_config)))
     trainer = Trainer(model, parts["optimizer"], parts["schedule"], data, parts["trainer_config"],
                       run_dir, logger, run_config, vocabulary=data.vocabulary)
-    summary = trainer.fit()
+    try:
+        summary = trainer.fit()
+    except BaseException:  # diverged, interrupted, failed: keep what the loggers hold so far
+        logger.finish(exit_code=1)
+        raise
     if world.is_main:
         print(format_summary(summary), flush=True)
     return summary
@@ -140,9 +180,30 @@ def follower_overrides(argv: list[str]) -> list[str]:
     return ["hydra.run.dir=.", "hydra.output_subdir=null", *logging_overrides]
 
 
+def make_loggers(node: DictConfig, group: str | None = None, name: str | None = None) -> LoggerGroup:
+    """Every logger the `logger` group selected (logger=[wandb,tensorboard,csv]), as one.
+    A W&B group or name left null gets the sweep's group and the run's short name."""
+    loggers = {}
+    for key, entry in node.items():
+        if not OmegaConf.is_dict(entry) or "_target_" not in entry:
+            raise ConfigError(
+                f"logger.{key}={OmegaConf.to_container(entry) if OmegaConf.is_config(entry) else entry!r} "
+                "is not a logger: `logger` holds one entry per logger, chosen with logger=wandb or "
+                "logger=[wandb,tensorboard,csv]; set a logger's options under its name, e.g. "
+                f"logger.wandb.{key}=..."
+            )
+        loggers[str(key)] = make(entry, f"logger.{key}", **_missing_identity(entry, group, name))
+    return LoggerGroup(loggers)
+
+
 def _missing_identity(logger_cfg: DictConfig, group: str | None, name: str | None) -> dict[str, str]:
     fields = {"group": group, "name": name}
     return {k: v for k, v in fields.items() if v is not None and k in logger_cfg and logger_cfg[k] is None}
+
+
+def _task_overrides() -> list[str]:
+    """The command line's overrides of this job (Hydra's task overrides); [] outside Hydra."""
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
 
 
 def pin_sweep_gpu() -> str | None:

@@ -194,13 +194,17 @@ def test_visible_gpus_reads_cuda_visible_devices():
     assert gpu_pool.visible_gpus("") == []
 
 
-def test_sweep_jobs_share_one_wandb_group_and_are_named_by_their_overrides():
+def test_sweep_jobs_share_one_wandb_group_and_are_named_by_their_swept_keys(tmp_path):
     cfg = compose_config(
         "model=tiny", "model.num_experts=8", "trainer.device=cpu", hydra_config=True
     )
+    sweep_dir = tmp_path / "multirun" / "2026-11-25" / "10-00-00"
+    sweep_dir.mkdir(parents=True)  # the command line as typed, as Hydra's sweeper saves it
+    OmegaConf.save({"hydra": {"overrides": {"task": ["model=tiny", "model.num_experts=8,16"]}}},
+                   sweep_dir / "multirun.yaml")
     with open_dict(cfg):  # what the launcher sets for job 3 of a sweep
         cfg.hydra.mode = RunMode.MULTIRUN
-        cfg.hydra.sweep.dir = "outputs/multirun/2026-11-25/10-00-00"
+        cfg.hydra.sweep.dir = str(sweep_dir)
         cfg.hydra.job.num = 3
     HydraConfig.instance().set_config(cfg)
     try:
@@ -208,7 +212,16 @@ def test_sweep_jobs_share_one_wandb_group_and_are_named_by_their_overrides():
     finally:
         HydraConfig.instance().cfg = None
     assert group == "gpt-oss-2026-11-25-10-00-00"  # date and time: unique per sweep
-    assert name == "model.num_experts=8,model=tiny"  # trainer.device is excluded from names
+    assert name == "num_experts=8"  # the swept key, shortened; model=tiny is the same for all
+
+
+def test_a_single_run_is_named_by_its_overrides_shortened():
+    cfg = compose_config("model=tiny", "model.num_experts=8", "trainer.device=cpu", hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    try:
+        assert job_identity(cfg) == (None, "model=tiny,num_experts=8")  # trainer.device excluded
+    finally:
+        HydraConfig.instance().cfg = None
 
 
 # --------------------------------------------------------- a real multirun, then compare
@@ -394,6 +407,13 @@ class FakeApi:
         return self._runs
 
 
+def test_wandb_runs_take_their_overrides_from_the_config_not_the_short_name():
+    run = FakeWandbRun("num_experts=8", [{"_step": 2, "val/loss": 6.0, "val/bpb": 2.0}])
+    run.config["provenance.overrides"] = ["model=tiny", "model.num_experts=8"]
+    runs = compare.load_wandb_runs("sweep", "gpt-oss-lab", api=FakeApi([run]))
+    assert runs[0].overrides == ["model=tiny", "model.num_experts=8"]
+
+
 def test_wandb_group_runs_become_rows_like_local_ones():
     history = [
         {"_step": 1, "train/tokens_per_s": 50.0, "train/tokens": 8},
@@ -402,8 +422,8 @@ def test_wandb_group_runs_become_rows_like_local_ones():
     ]
     api = FakeApi([FakeWandbRun("data.files=[a,b],model.num_experts=8", history)])
     runs = compare.load_wandb_runs("sweep-10-00-00", "gpt-oss-lab", entity="me", api=api)
-    assert api.asked == [("me/gpt-oss-lab", {"group": "sweep-10-00-00"})]
-    assert runs[0].overrides == ["data.files=[a,b]", "model.num_experts=8"]
+    assert api.asked == [("me/gpt-oss-lab", {"group": {"$regex": "^sweep\\-10\\-00\\-00(/|$)"}})]
+    assert runs[0].overrides == ["data.files=[a,b]", "model.num_experts=8"]  # an older run: its name
     row = compare.summarize(runs[0])
     assert (
         row["params_total"],

@@ -9,9 +9,44 @@ only absorbs probability mass.
 from __future__ import annotations
 
 import functools
+import math
 
 import torch
 import torch.nn.functional as F
+
+
+def select_kernel(impl: str, plain: bool, device: torch.device, backward: bool) -> str:
+    """The kernel that runs attn_impl `impl` here: "eager", "sdpa" or "flex".
+
+    FlexAttention runs only plain causal self-attention (no cache, no padding: plain=True)
+    and has no CPU or MPS backward; elsewhere a flex model takes SDPA (tested equal).
+    """
+    if impl == "flex" and not (plain and (device.type not in ("cpu", "mps") or not backward)):
+        return "sdpa"
+    return impl
+
+
+def attend(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    sinks: torch.Tensor,
+    mask: torch.Tensor | None,
+    sliding_window: int | None,
+    kernel: str,
+) -> torch.Tensor:
+    """Attention with sinks by the kernel select_kernel chose; scale 1/sqrt(head_dim).
+
+    q (B, Hq, T, D), k and v (B, Hkv, S, D), sinks (Hq,); mask (B or 1, 1, T, S), True =
+    attend. flex takes no mask (None): it masks causally within sliding_window itself.
+    Returns (B, Hq, T, D).
+    """
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    if kernel == "flex":
+        return attention_flex(q, k, v, sinks, sliding_window, scale)
+    if kernel == "eager":
+        return attention_eager(q, k, v, sinks, mask, scale)
+    return attention_sdpa(q, k, v, sinks, mask, scale)
 
 
 def attention_mask(

@@ -61,6 +61,9 @@ class ModelConfig:
     rope_ntk_alpha: float = 1.0
     rope_ntk_beta: float = 32.0
     initial_context_length: int = 4096
+    # Round YaRN's ramp ends to whole pairs (transformers' `truncate`; absent there means true).
+    # The release trains and writes false.
+    rope_truncate: bool = False
     swiglu_limit: float = 7.0
     swiglu_alpha: float = 1.702
     rms_norm_eps: float = 1e-5
@@ -130,6 +133,8 @@ class ModelConfig:
         for name in ("rope_theta", "rope_scaling_factor", "rms_norm_eps", "swiglu_limit"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"model.{name}={getattr(self, name)!r} is invalid: must be > 0")
+        if not isinstance(self.rope_truncate, bool):
+            raise ConfigError(f"model.rope_truncate={self.rope_truncate!r} is invalid: must be true or false")
         if self.loss_chunk_tokens < 0:
             raise ConfigError(f"model.loss_chunk_tokens={self.loss_chunk_tokens} is invalid: must be >= 0")
 

@@ -4,13 +4,15 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from gpt_oss.model.config import ModelConfig
+from gpt_oss.model.config import ConfigError, ModelConfig
 from gpt_oss.model.model import GptOss, yarn_inverse_frequencies
 from gpt_oss.model.tokenizer import ENDOFTEXT_ID, VOCAB_SIZE
 from gpt_oss.model.vocabulary import (
@@ -27,12 +29,69 @@ SHARD_BYTES = 4 * 2**30
 VOCABULARY_FILE = "compact_vocabulary.json"
 
 # Our field -> Hugging Face GptOssConfig field, where the names differ.
-_HF_NAMES = {"num_experts": "num_local_experts", "experts_per_token": "num_experts_per_tok"}
+_HF_NAMES = {
+    "num_experts": "num_local_experts",
+    "experts_per_token": "num_experts_per_tok",
+    "tie_embeddings": "tie_word_embeddings",
+}
 _SHARED_FIELDS = (
     "vocab_size hidden_size intermediate_size num_hidden_layers num_attention_heads "
     "num_key_value_heads head_dim sliding_window layer_types max_position_embeddings "
-    "rope_theta rms_norm_eps swiglu_limit initializer_range"
+    "rms_norm_eps swiglu_limit swiglu_alpha initializer_range router_aux_loss_coef"
 ).split()
+# transformers' GptOssConfig defaults, which it uses for a key a config.json leaves out (they
+# are not ours: 36 layers and 128 experts is gpt-oss-120b). None: derived, as transformers does.
+HF_DEFAULTS = {
+    "vocab_size": 201088,
+    "hidden_size": 2880,
+    "intermediate_size": 2880,
+    "num_hidden_layers": 36,
+    "num_attention_heads": 64,
+    "num_key_value_heads": 8,
+    "head_dim": 64,
+    "num_local_experts": 128,
+    "num_experts_per_tok": 4,
+    "sliding_window": 128,
+    "layer_types": None,
+    "max_position_embeddings": 131072,
+    "rms_norm_eps": 1e-5,
+    "swiglu_limit": 7.0,
+    "swiglu_alpha": 1.702,
+    "initializer_range": 0.02,
+    "router_aux_loss_coef": 0.001,
+    "tie_word_embeddings": False,
+}
+HF_ROPE_DEFAULTS = {  # no rope_parameters (nor rope_scaling) at all: the release's YaRN
+    "rope_type": "yarn",
+    "factor": 32.0,
+    "beta_fast": 32.0,
+    "beta_slow": 1.0,
+    "truncate": False,
+    "original_max_position_embeddings": 4096,
+}
+# Keys that change neither the weights nor the logits (in transformers' GptOss either):
+# generation, output and bookkeeping switches, and the stored dtype (import_hf takes a dtype).
+_NO_EFFECT_KEYS = frozenset(
+    "transformers_version torch_dtype dtype _name_or_path bos_token_id eos_token_id pad_token_id "
+    "use_cache output_router_logits output_attentions output_hidden_states return_dict "
+    "id2label label2id problem_type tokenizer_class chunk_size_feed_forward hidden_act".split()
+)
+# Keys whose one value is what this model implements; another value is refused.
+_REQUIRED_VALUES = {
+    "model_type": "gpt_oss",
+    "attention_bias": True,  # q, k, v and o projections all have biases
+    "attention_dropout": 0.0,  # no dropout anywhere
+    "is_encoder_decoder": False,
+    "partial_rotary_factor": 1.0,  # RoPE rotates the whole head
+}
+_ROPE_NAMES = {  # our field -> its name in config.json's rope dict (error messages)
+    "rope_scaling_factor": "factor",
+    "rope_ntk_beta": "beta_fast",
+    "rope_ntk_alpha": "beta_slow",
+    "initial_context_length": "original_max_position_embeddings",
+}
+_ARCHITECTURES = ("GptOssForCausalLM", "GptOssModel")
+_QUANTIZATIONS = ("mxfp4",)  # read_hf_state_dict dequantizes *_blocks / *_scales
 
 
 class CheckpointError(ValueError):
@@ -40,8 +99,9 @@ class CheckpointError(ValueError):
 
 
 def hf_config(config: ModelConfig, vocabulary: Vocabulary | None = None) -> dict:
-    """config.json for transformers' GptOssForCausalLM (vocab_size = the model's, compact or
-    full; eos_token_id = <|endoftext|>'s id in that vocabulary)."""
+    """config.json for transformers' GptOssForCausalLM (config_from_hf reads it back equal;
+    vocab_size = the model's, compact or full; eos_token_id = <|endoftext|>'s id in that
+    vocabulary)."""
     if config.qk_norm or config.scale_embeddings:
         raise CheckpointError(
             "Hugging Face GptOss has no qk_norm or scale_embeddings: export needs both false "
@@ -53,17 +113,8 @@ def hf_config(config: ModelConfig, vocabulary: Vocabulary | None = None) -> dict
         "architectures": ["GptOssForCausalLM"],
         "model_type": "gpt_oss",
         "attention_bias": True,
-        "swiglu_alpha": config.swiglu_alpha,
-        "tie_word_embeddings": config.tie_embeddings,
-        "router_aux_loss_coef": config.router_aux_loss_coef,
-        "rope_scaling": {
-            "rope_type": "yarn",
-            "factor": config.rope_scaling_factor,
-            "beta_fast": config.rope_ntk_beta,
-            "beta_slow": config.rope_ntk_alpha,
-            "truncate": False,
-            "original_max_position_embeddings": config.initial_context_length,
-        },
+        "rope_theta": config.rope_theta,
+        "rope_scaling": _hf_rope(config),
     }
     if vocabulary is not None:
         out["eos_token_id"] = vocabulary.endoftext_id
@@ -72,22 +123,169 @@ def hf_config(config: ModelConfig, vocabulary: Vocabulary | None = None) -> dict
     return out
 
 
+def _hf_rope(config: ModelConfig) -> dict:
+    if config.rope_scaling_factor <= 1.0:  # yarn_inverse_frequencies: plain RoPE
+        return {"rope_type": "default"}
+    return {
+        "rope_type": "yarn",
+        "factor": config.rope_scaling_factor,
+        "beta_fast": config.rope_ntk_beta,
+        "beta_slow": config.rope_ntk_alpha,
+        "truncate": config.rope_truncate,
+        "original_max_position_embeddings": config.initial_context_length,
+    }
+
+
 def config_from_hf(values: dict, **overrides) -> ModelConfig:
-    """ModelConfig from a Hugging Face (or release) config.json dict."""
-    ours = {name: values[name] for name in _SHARED_FIELDS if name in values}
-    ours |= {o: values[h] for o, h in _HF_NAMES.items() if h in values}
-    rope = values.get("rope_parameters") or values.get("rope_scaling") or {}
-    if "rope_theta" in rope:
-        ours["rope_theta"] = rope["rope_theta"]
-    if rope.get("rope_type", "yarn") == "yarn" and rope:
-        ours["rope_scaling_factor"] = rope.get("factor", 32.0)
-        ours["rope_ntk_beta"] = rope.get("beta_fast", 32.0)
-        ours["rope_ntk_alpha"] = rope.get("beta_slow", 1.0)
-        ours["initial_context_length"] = rope.get("original_max_position_embeddings", 4096)
-    else:  # no rope scaling, or a kind other than YaRN: plain RoPE
-        ours["rope_scaling_factor"] = 1.0
-    ours["tie_embeddings"] = bool(values.get("tie_word_embeddings", False))
-    return ModelConfig(**(ours | overrides))
+    """ModelConfig from a Hugging Face (or release) config.json dict, read as transformers reads
+    it (its defaults for absent keys). Every key is honoured or refused: CheckpointError names
+    a key whose value this model cannot reproduce, and any key it does not know."""
+    unread = dict(values)
+    _check_fixed_keys(unread)
+    ours = {name: unread.pop(name, HF_DEFAULTS.get(name)) for name in _SHARED_FIELDS}
+    ours |= {o: unread.pop(h, HF_DEFAULTS[h]) for o, h in _HF_NAMES.items()}
+    if ours["num_key_value_heads"] is None:  # transformers: multi-head attention
+        ours["num_key_value_heads"] = ours["num_attention_heads"]
+    if ours["head_dim"] is None:
+        ours["head_dim"] = ours["hidden_size"] // ours["num_attention_heads"]
+    ours |= _rope_fields(unread, ours["max_position_embeddings"])
+    _check_release_names(unread, ours)
+    if ours["sliding_window"] is None:  # transformers: no window at all
+        if "sliding_attention" in (ours["layer_types"] or ["sliding_attention"]):
+            raise CheckpointError(
+                "config.json has sliding_window=null with sliding_attention layers; this model "
+                "needs an integer window (or every layer full_attention)"
+            )
+        del ours["sliding_window"]
+    unknown = sorted(set(unread) - _NO_EFFECT_KEYS)
+    if unknown:
+        raise CheckpointError(
+            f"config.json keys {unknown} are not Hugging Face GptOss settings this model can "
+            "honour; remove them or convert the model first"
+        )
+    try:
+        return ModelConfig(**(ours | overrides))
+    except (ConfigError, TypeError) as error:
+        message = str(error)
+        for ours_name, hf_name in (_HF_NAMES | _ROPE_NAMES).items():
+            message = message.replace(f"model.{ours_name}=", f"{hf_name} (model.{ours_name})=")
+        raise CheckpointError(f"config.json describes an invalid model: {message}") from error
+
+
+def _check_fixed_keys(unread: dict) -> None:
+    """Pop the keys with one valid value (or a few), refusing any other value by name."""
+    for key, valid in _REQUIRED_VALUES.items():
+        value = unread.pop(key, valid)
+        same_kind = isinstance(value, bool) == isinstance(valid, bool)  # 1 is not True here
+        if value != valid or not same_kind:
+            raise CheckpointError(f"config.json {key}={value!r} is not supported: use {valid!r}")
+    architectures = unread.pop("architectures", None) or []
+    if not isinstance(architectures, list) or any(a not in _ARCHITECTURES for a in architectures):
+        raise CheckpointError(
+            f"config.json architectures={architectures} is not supported: use {_ARCHITECTURES}"
+        )
+    quantization = unread.pop("quantization_config", None) or {"quant_method": "mxfp4"}
+    method = quantization.get("quant_method")
+    if method not in _QUANTIZATIONS:
+        raise CheckpointError(
+            f"config.json quantization_config.quant_method={method!r} is not supported: valid are "
+            f"{_QUANTIZATIONS} (or no quantization)"
+        )
+
+
+def _check_release_names(unread: dict, ours: dict) -> None:
+    """The release's own names (read by openai/gpt-oss, ignored by transformers) must agree."""
+    release = {
+        "experts_per_token": ours["experts_per_token"],
+        "initial_context_length": ours.get("initial_context_length"),
+    }
+    for key, read in release.items():
+        value = unread.pop(key, read)
+        if read is not None and value != read:
+            raise CheckpointError(
+                f"config.json {key}={value!r} disagrees with what transformers reads ({read!r})"
+            )
+
+
+def _rope_fields(unread: dict, max_positions: int) -> dict:
+    """Our rope_* fields from rope_parameters (transformers 5) or rope_scaling (before)."""
+    rope, legacy = unread.pop("rope_parameters", None), unread.pop("rope_scaling", None)
+    if rope is not None and legacy is not None and rope != legacy:
+        raise CheckpointError(
+            f"config.json has both rope_parameters={rope} and rope_scaling={legacy}: keep one"
+        )
+    source = "rope_parameters" if rope is not None else "rope_scaling"
+    if rope is None and legacy is None:
+        rope = HF_ROPE_DEFAULTS
+    rope = dict(rope if rope is not None else legacy)  # {}: plain RoPE, as in transformers
+    kind = _one_value(rope, rope, "rope_type", None, alias="type") or "default"
+    ours = {"rope_theta": _one_value(rope, unread, "rope_theta", 150000.0)}
+    if _one_value(rope, unread, "partial_rotary_factor", 1.0) != 1.0:
+        raise CheckpointError("config.json partial_rotary_factor must be 1.0 (RoPE on whole heads)")
+    if kind == "yarn":
+        ours |= _yarn_fields(rope, unread, max_positions)
+    elif kind == "default":
+        ours["rope_scaling_factor"] = 1.0  # plain RoPE
+    else:
+        raise CheckpointError(
+            f"config.json rope_type={kind!r} is not supported: valid are 'yarn' and 'default'"
+        )
+    if rope:
+        raise CheckpointError(
+            f"config.json {source} keys {sorted(rope)} are not supported with rope_type={kind!r}"
+        )
+    return ours
+
+
+def _one_value(rope: dict, unread: dict, key: str, default: Any, alias: str | None = None) -> Any:
+    """Pop a setting given in the rope dict or under another name (transformers takes either);
+    two different values are refused."""
+    inside, outside = rope.pop(key, None), unread.pop(alias or key, None)
+    if inside is not None and outside is not None and inside != outside:
+        raise CheckpointError(
+            f"config.json gives {alias or key}={outside!r} and rope {key}={inside!r}: keep one"
+        )
+    value = inside if inside is not None else outside
+    return default if value is None else value
+
+
+def _yarn_fields(rope: dict, unread: dict, max_positions: int) -> dict:
+    """YaRN as transformers computes it (_compute_yarn_parameters): its defaults included."""
+    original = _one_value(rope, unread, "original_max_position_embeddings", max_positions)
+    factor = rope.pop("factor", None)
+    factor = max_positions / original if factor is None else factor
+    if not factor >= 1.0:
+        raise CheckpointError(f"config.json rope factor={factor!r} is invalid: YaRN needs >= 1")
+    truncate = rope.pop("truncate", True)  # absent: transformers rounds the ramp's ends
+    if not isinstance(truncate, bool):
+        raise CheckpointError(f"config.json rope truncate={truncate!r} is invalid: true or false")
+    fields = {
+        "rope_scaling_factor": float(factor),
+        "rope_ntk_beta": rope.pop("beta_fast", None) or 32.0,  # transformers: `or 32`
+        "rope_ntk_alpha": rope.pop("beta_slow", None) or 1.0,
+        "initial_context_length": original,
+        "rope_truncate": truncate,
+    }
+    _check_attention_factor(rope, factor)
+    return fields
+
+
+def _check_attention_factor(rope: dict, factor: float) -> None:
+    """YaRN's cos/sin scale must be the one this model applies, 0.1 * ln(factor) + 1."""
+    given = rope.pop("attention_factor", None)
+    mscale, mscale_all_dim = rope.pop("mscale", None), rope.pop("mscale_all_dim", None)
+
+    def get_mscale(scale: float, m: float = 1.0) -> float:
+        return 1.0 if scale <= 1 else 0.1 * m * math.log(scale) + 1.0
+
+    if given is None and mscale and mscale_all_dim:
+        given = get_mscale(factor, mscale) / get_mscale(factor, mscale_all_dim)
+    given = get_mscale(factor) if given is None else given
+    if not math.isclose(given, get_mscale(factor), rel_tol=1e-9):
+        raise CheckpointError(
+            f"config.json rope attention_factor (or mscale/mscale_all_dim) gives {given}; this "
+            f"model scales YaRN's cos and sin by 0.1 * ln(factor) + 1 = {get_mscale(factor)}"
+        )
 
 
 def export_hf(

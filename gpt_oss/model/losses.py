@@ -4,6 +4,7 @@ and the MoE router's load-balancing and z losses."""
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -12,6 +13,17 @@ from gpt_oss.model import moe
 from gpt_oss.model.moe import Routing
 
 IGNORE_INDEX = -100
+
+
+@dataclass
+class LossOutput:
+    """The training objective and what it is made of."""
+
+    loss: torch.Tensor  # what backward runs on: ce + aux terms
+    ce: torch.Tensor  # mean next-token cross-entropy (nats)
+    aux_loss: torch.Tensor
+    z_loss: torch.Tensor
+    expert_counts: torch.Tensor  # (layers, experts) token assignments this batch
 
 
 def linear_cross_entropy(

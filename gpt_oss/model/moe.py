@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from gpt_oss.model.config import ModelConfig
+from gpt_oss.model.roles import Role
 
 
 def clamped_swiglu(gate_up: torch.Tensor, alpha: float, limit: float) -> torch.Tensor:
@@ -31,6 +33,8 @@ class Routing:
 class Router(nn.Module):
     """Linear(hidden -> experts) with bias; top-k of the raw logits; softmax over those k."""
 
+    PARAMETER_ROLES: ClassVar[dict[str, Role]] = {"weight": Role.ROUTER, "bias": Role.BIAS}
+
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.top_k = config.experts_per_token
@@ -40,6 +44,7 @@ class Router(nn.Module):
         self.register_buffer("selection_bias", torch.zeros(config.num_experts), persistent=True)
 
     def forward(self, x: torch.Tensor) -> Routing:
+        """x (N, H) -> each token's top-k experts and their weights."""
         logits = F.linear(x, self.weight, self.bias)  # (N, E)
         # No `if selection_bias.any()`: a zero bias picks the same experts, and the branch would
         # sync the GPU and break a compiled graph.
@@ -53,6 +58,13 @@ class Router(nn.Module):
 class Experts(nn.Module):
     """E SwiGLU experts stored as stacked tensors (the Hugging Face layout)."""
 
+    PARAMETER_ROLES: ClassVar[dict[str, Role]] = {
+        "gate_up_proj": Role.EXPERT_MATRIX,  # (E, H, 2I): (in, out) per expert
+        "gate_up_proj_bias": Role.BIAS,  # (E, 2I)
+        "down_proj": Role.EXPERT_MATRIX,  # (E, I, H)
+        "down_proj_bias": Role.BIAS,  # (E, H)
+    }
+
     def __init__(self, config: ModelConfig):
         super().__init__()
         E, H, W = config.num_experts, config.hidden_size, config.intermediate_size  # W: expert width
@@ -63,6 +75,7 @@ class Experts(nn.Module):
         self.down_proj_bias = nn.Parameter(torch.zeros(E, H))
 
     def forward(self, x: torch.Tensor, routing: Routing) -> torch.Tensor:
+        """x (N, H) -> (N, H): the routed experts' outputs, weighted and summed per token."""
         if self.impl == "loop":
             return self._loop(x, routing)
         return self._grouped(x, routing)
@@ -190,6 +203,7 @@ class MoE(nn.Module):
         self.experts = Experts(config)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, Routing]:
+        """x (B, T, H) -> (B, T, H), and the routing of the B*T tokens."""
         batch, time, hidden = x.shape
         flat = x.reshape(-1, hidden)  # (B*T, H)
         routing = self.router(flat)

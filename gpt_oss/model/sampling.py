@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
-from gpt_oss.model.model import GptOss, KVCache
+from gpt_oss.model.kv_cache import KVCache
+from gpt_oss.model.model import GptOss
 from gpt_oss.model.tokenizer import ENDOFTEXT_ID
 from gpt_oss.training.metrics import synchronize
 

@@ -3,6 +3,11 @@
 
 Local runs are read from their directories (config.yaml, metrics.jsonl, .hydra/overrides.yaml),
 with no network. The swept settings are the overrides whose values differ between the runs.
+
+Runs that differ only in `trainer.seed` are repeats of one setting (sweep them with
+`trainer.seed=1,2,3`): the comparison then also gives, per setting, the mean and a 95%
+Student-t interval over the seeds, and marks the pairs of settings whose difference is beyond
+their seed noise by Welch's t-test with Holm's correction (see `seed_noise_tables`).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from scipy import stats
 
 from gpt_oss.studies.plots import plt, save_figure, series
 from gpt_oss.training.tracking import read_metrics
@@ -34,6 +40,10 @@ HEADERS = {
     "tokens": "tokens",
 }
 COLUMNS = tuple(HEADERS)
+SEED_KEY = "trainer.seed"  # runs that differ only here are repeats of one setting
+CONFIDENCE = 0.95  # of the per-setting intervals
+ALPHA = 0.05  # family-wise error rate of the beyond-noise marks (Holm over all pairs)
+NOISE_METRICS = ("final_val_bpb", "best_val_bpb")
 
 
 @dataclass
@@ -42,7 +52,7 @@ class Run:
 
     name: str  # how the table names it: the run directory, or the W&B run's path
     overrides: list[str]  # the command-line overrides that made it, "key=value"
-    parameters: dict[str, int] = field(default_factory=dict)  # gpt_oss.model.size.parameter_counts
+    parameters: dict[str, int] = field(default_factory=dict)  # gpt_oss.info.parameter_counts
     records: list[dict[str, Any]] = field(default_factory=list)  # metrics.jsonl's records
 
 
@@ -102,13 +112,16 @@ def load_wandb_runs(
         api = wandb.Api()
     path = f"{entity}/{project}" if entity else project
     runs = []
-    for wandb_run in api.runs(path, filters={"group": group}):
-        config = dict(wandb_run.config)  # flattened by gpt_oss.training.tracking: "parameters.total"
+    # the group itself, and its per-setting subgroups '<group>/<setting>' (seeds, train.seed_group)
+    filters = {"group": {"$regex": f"^{re.escape(group)}(/|$)"}}
+    for wandb_run in api.runs(path, filters=filters):
+        config = dict(wandb_run.config)  # flattened by gpt_oss.tracking: "parameters.total"
         parameters = {
             k[len("parameters.") :]: v for k, v in config.items() if k.startswith("parameters.")
         }
-        # the run name is Hydra's override_dirname: overrides joined by "," (conf/config.yaml)
-        overrides = split_overrides(wandb_run.name or "")
+        # the command's overrides (gpt_oss.train.provenance); runs logged before they were
+        # recorded are named by Hydra's override_dirname: overrides joined by ","
+        overrides = config.get("provenance.overrides") or split_overrides(wandb_run.name or "")
         runs.append(Run("/".join(wandb_run.path), overrides, parameters, wandb_records(wandb_run)))
     if not runs:
         raise LookupError(f"W&B project {path!r} has no runs in group {group!r}")
@@ -239,6 +252,133 @@ def write_csv(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
     return path
 
 
+# ------------------------------------------------------------------------------ seed noise
+@dataclass(frozen=True)
+class Estimate:
+    """One metric over the seeds of one setting: the mean and its interval (nan below 2 seeds)."""
+
+    values: tuple[float, ...]
+    mean: float
+    low: float
+    high: float
+
+
+def estimate(values: Iterable[float], confidence: float = CONFIDENCE) -> Estimate:
+    """Mean of the finite `values` and its two-sided `confidence` interval,
+    mean +- t_{(1+confidence)/2, n-1} * s / sqrt(n), with s the sample standard deviation
+    (Student's t: the seeds are a small sample of a normal-ish spread). nan for n < 2."""
+    finite = tuple(float(v) for v in values if math.isfinite(v))
+    if not finite:
+        return Estimate(finite, math.nan, math.nan, math.nan)
+    mean = statistics.fmean(finite)
+    if len(finite) < 2:
+        return Estimate(finite, mean, math.nan, math.nan)
+    half = stats.t.ppf((1 + confidence) / 2, len(finite) - 1) * statistics.stdev(finite)
+    half /= math.sqrt(len(finite))
+    return Estimate(finite, mean, mean - half, mean + half)
+
+
+def welch_test(a: Sequence[float], b: Sequence[float]) -> tuple[float, float, float]:
+    """(t, degrees of freedom, two-sided p) of Welch's t-test of mean(a) == mean(b).
+
+    Welch, not Student: the settings compared (dense vs MoE, 4 vs 32 experts) need not share
+    one seed variance, and Welch keeps its error rate when they do not. nan below 2 values
+    on either side, or when both sides have no spread at all."""
+    if len(a) < 2 or len(b) < 2:
+        return math.nan, math.nan, math.nan
+    result = stats.ttest_ind(a, b, equal_var=False)
+    return float(result.statistic), float(result.df), float(result.pvalue)
+
+
+def holm(pvalues: Sequence[float]) -> list[float]:
+    """Holm's step-down adjusted p-values (Holm 1979): with every pair of settings tested,
+    "adjusted p < alpha" bounds the chance of any false beyond-noise mark by alpha. nan stays."""
+    order = sorted((p, i) for i, p in enumerate(pvalues) if not math.isnan(p))
+    adjusted = [math.nan] * len(pvalues)
+    running = 0.0
+    for rank, (p, i) in enumerate(order):
+        running = max(running, min(1.0, (len(order) - rank) * p))
+        adjusted[i] = running
+    return adjusted
+
+
+def setting_name(row: dict[str, Any], swept: Sequence[str]) -> str:
+    """The row's swept settings other than the seed, 'key=value ...' ('all runs' if none)."""
+    return " ".join(f"{k}={row[k]}" for k in swept if k != SEED_KEY) or "all runs"
+
+
+def seed_noise_tables(
+    rows: Sequence[dict[str, Any]], swept: Sequence[str], metric: str = "final_val_bpb"
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(one row per setting, one row per pair of settings) over the runs' seeds.
+
+    Setting rows: the setting's swept values, `seeds`, and for each of NOISE_METRICS (and
+    `metric`) its mean, low and high. Pair rows: `a`, `b`, the difference of their `metric`
+    means (a - b), Welch's t, df and p, Holm's adjusted p over all pairs, and
+    `beyond_noise` = adjusted p < ALPHA."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(setting_name(row, swept), []).append(row)
+    metrics = list(dict.fromkeys([*NOISE_METRICS, metric]))
+    settings = []
+    for name, members in groups.items():
+        record: dict[str, Any] = {"setting": name}
+        record |= {k: members[0][k] for k in swept if k != SEED_KEY}
+        record["seeds"] = len(members)
+        for m in metrics:
+            e = estimate(r[m] for r in members)
+            record |= {f"{m}_mean": e.mean, f"{m}_low": e.low, f"{m}_high": e.high}
+        settings.append(record)
+    names = list(groups)
+    pairs = []
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            values_a = estimate(r[metric] for r in groups[a]).values
+            values_b = estimate(r[metric] for r in groups[b]).values
+            t, df, p = welch_test(values_a, values_b)
+            difference = statistics.fmean(values_a) - statistics.fmean(values_b)
+            pairs.append({"a": a, "b": b, "difference": difference, "t": t, "df": df, "p": p})
+    for pair, adjusted in zip(pairs, holm([p["p"] for p in pairs]), strict=True):
+        pair["p_holm"] = adjusted
+        pair["beyond_noise"] = bool(adjusted < ALPHA)  # nan compares False: never marked
+    return settings, pairs
+
+
+def _interval(row: dict[str, Any], metric: str) -> str:
+    mean, low, high = (row[f"{metric}_{part}"] for part in ("mean", "low", "high"))
+    if math.isnan(low):
+        return f"{mean:.4f}" if not math.isnan(mean) else "-"
+    return f"{mean:.4f} [{low:.4f}, {high:.4f}]"
+
+
+def settings_table(settings: Sequence[dict[str, Any]], metrics: Sequence[str]) -> str:
+    """Markdown: one row per setting, each metric as 'mean [95% interval]'."""
+    headers = ["setting", "seeds", *(f"{HEADERS[m]} (mean [95% CI])" for m in metrics)]
+    lines = ["| " + " | ".join(headers) + " |", "|---|---:|" + "---:|" * len(metrics)]
+    for row in settings:
+        cells = [row["setting"].replace("|", "\\|"), str(row["seeds"])]
+        lines.append("| " + " | ".join(cells + [_interval(row, m) for m in metrics]) + " |")
+    return "\n".join(lines)
+
+
+def pairs_table(pairs: Sequence[dict[str, Any]], metric: str) -> str:
+    """Markdown: one row per pair of settings with Welch's test and the beyond-noise mark."""
+    lines = [
+        f"| A | B | A - B ({HEADERS[metric]}) | Welch t | df | p | p (Holm) | beyond noise |",
+        "|---|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for pair in pairs:
+        numbers = [f"{pair[k]:+.4f}" if k == "difference" else _number(pair[k]) for k in
+                   ("difference", "t", "df", "p", "p_holm")]
+        mark = "**yes**" if pair["beyond_noise"] else "no"
+        lines.append(f"| {pair['a']} | {pair['b']} | " + " | ".join(numbers) + f" | {mark} |")
+    return "\n".join(lines)
+
+
+def _number(value: float) -> str:
+    return "-" if math.isnan(value) else f"{value:.3g}"
+
+
 # -------------------------------------------------------------------------------- the plot
 def as_number(value: str) -> float | None:
     try:
@@ -254,14 +394,17 @@ def plot_comparison(
     swept: Sequence[str],
     path: str | Path,
     x: str | None = None,
-    metric: str = "final_val_loss",
+    metric: str = "final_val_bpb",
 ) -> Path:
     """Left: validation loss curves overlaid. Right: `metric` against swept key `x` (default
-    the first), one line per value of the other swept keys; numeric x when every value is a
-    number (log2 scale when they span 4x or more), categorical otherwise."""
-    x = x or (swept[0] if swept else None)
-    if x is not None and x not in swept:
-        raise ValueError(f"--x {x!r} is not a swept key; swept keys are {list(swept)}")
+    the first that is not the seed), one line per value of the other swept keys; numeric x
+    when every value is a number (log2 scale when they span 4x or more), categorical
+    otherwise. With seeds swept, the right panel shows each setting's mean over its seeds
+    with its 95% interval as an error bar."""
+    settings = [k for k in swept if k != SEED_KEY]
+    x = x or (settings[0] if settings else None)
+    if x is not None and x not in settings:
+        raise ValueError(f"--x {x!r} is not a swept key; swept keys are {settings}")
     fig, (curves, final) = plt.subplots(1, 2, figsize=(13, 4.8))
     for run, row in zip(runs, rows, strict=True):
         steps, losses = series(run.records, "val")
@@ -270,27 +413,47 @@ def plot_comparison(
     curves.grid(alpha=0.3)
     curves.ticklabel_format(axis="y", useOffset=False)
     curves.legend(fontsize=7)
-    _plot_final(final, rows, swept, x, metric)
+    if SEED_KEY in swept:
+        points, _ = seed_noise_tables(rows, swept, metric)
+        _plot_final(final, points, settings, x, metric, interval=True)
+    else:
+        _plot_final(final, rows, settings, x, metric)
     return save_figure(fig, path)
 
 
 def _plot_final(
-    ax, rows: Sequence[dict[str, Any]], swept: Sequence[str], x: str | None, metric: str
+    ax,
+    rows: Sequence[dict[str, Any]],
+    swept: Sequence[str],
+    x: str | None,
+    metric: str,
+    interval: bool = False,
 ) -> None:
-    values = [row[x] if x else row["run"] for row in rows]
-    numbers = [as_number(v) for v in values]
+    """`metric` by `x`; with `interval`, rows are setting rows and each point is the mean with
+    its interval as an error bar."""
+    values = [row[x] if x else row.get("run", row.get("setting")) for row in rows]
+    numbers = [as_number(str(v)) for v in values]
     numeric = all(n is not None for n in numbers)
     positions = numbers if numeric else [list(dict.fromkeys(values)).index(v) for v in values]
     others = [k for k in swept if k != x]
-    lines: dict[str, list[tuple[float, float]]] = {}
+    lines: dict[str, list[tuple[float, float, float, float]]] = {}
     for row, position in zip(rows, positions, strict=True):
         label = " ".join(f"{k}={row[k]}" for k in others)
-        lines.setdefault(label, []).append((position, row[metric]))
+        if interval:
+            mean, low, high = (row[f"{metric}_{p}"] for p in ("mean", "low", "high"))
+        else:
+            mean = low = high = row[metric]
+        lines.setdefault(label, []).append((position, mean, low, high))
     for label, points in lines.items():
         points.sort()
-        ax.plot(
-            *zip(*points, strict=True), marker="o", ls="-" if numeric else "", label=label or None
-        )
+        xs, means, lows, highs = (list(v) for v in zip(*points, strict=True))
+        style = {"marker": "o", "ls": "-" if numeric else "", "label": label or None}
+        if interval:
+            below = [m - lo if math.isfinite(lo) else 0.0 for m, lo in zip(means, lows, strict=True)]
+            above = [h - m if math.isfinite(h) else 0.0 for m, h in zip(means, highs, strict=True)]
+            ax.errorbar(xs, means, yerr=[below, above], capsize=4, **style)
+        else:
+            ax.plot(xs, means, **style)
     if numeric and min(numbers) > 0 and max(numbers) >= 4 * min(numbers):
         ax.set_xscale("log", base=2)
         ax.set_xticks(sorted(set(numbers)), [f"{n:g}" for n in sorted(set(numbers))])
@@ -298,11 +461,10 @@ def _plot_final(
         categories = list(dict.fromkeys(values))
         ax.set_xticks(range(len(categories)), categories, rotation=20, ha="right", fontsize=8)
         ax.set_xlim(-0.5, len(categories) - 0.5)
-    ax.set(
-        xlabel=x or "run",
-        ylabel=HEADERS.get(metric, metric),
-        title=f"{HEADERS.get(metric, metric)} by {x or 'run'}",
-    )
+    title = f"{HEADERS.get(metric, metric)} by {x or 'run'}"
+    if interval:
+        title += f" (mean, {CONFIDENCE:.0%} interval over seeds)"
+    ax.set(xlabel=x or "run", ylabel=HEADERS.get(metric, metric), title=title)
     ax.grid(alpha=0.3)
     ax.ticklabel_format(axis="y", useOffset=False)
     if others:
@@ -311,9 +473,10 @@ def _plot_final(
 
 # ------------------------------------------------------------------------------ the command
 def compare(
-    runs: Sequence[Run], out_dir: str | Path, x: str | None = None, metric: str = "final_val_loss"
+    runs: Sequence[Run], out_dir: str | Path, x: str | None = None, metric: str = "final_val_bpb"
 ) -> tuple[str, Path, Path]:
-    """Write comparison.csv and comparison.png under out_dir; returns (markdown, csv, png)."""
+    """Write comparison.csv and comparison.png under out_dir (and, when the runs differ in
+    trainer.seed, settings.csv and pairs.csv); returns (markdown, csv, png)."""
     if not runs:
         raise ValueError("no runs to compare")
     out_dir = Path(out_dir)
@@ -321,4 +484,17 @@ def compare(
     rows, swept = compare_rows(runs)
     csv_path = write_csv(rows, out_dir / "comparison.csv")
     png_path = plot_comparison(runs, rows, swept, out_dir / "comparison.png", x=x, metric=metric)
-    return markdown_table(rows), csv_path, png_path
+    markdown = markdown_table(rows)
+    if SEED_KEY in swept:
+        settings, pairs = seed_noise_tables(rows, swept, metric)
+        write_csv(settings, out_dir / "settings.csv")
+        metrics = list(dict.fromkeys([*NOISE_METRICS, metric]))
+        markdown += "\n\nBy setting, over its seeds:\n\n" + settings_table(settings, metrics)
+        if pairs:
+            write_csv(pairs, out_dir / "pairs.csv")
+            markdown += (
+                f"\n\nPairs of settings, {HEADERS[metric]}: Welch's t-test, Holm-adjusted over "
+                f"{len(pairs)} pairs; beyond noise = adjusted p < {ALPHA}\n\n"
+                + pairs_table(pairs, metric)
+            )
+    return markdown, csv_path, png_path

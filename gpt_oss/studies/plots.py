@@ -41,3 +41,16 @@ def plot_losses(records: list[dict[str, Any]], path: str | Path, title: str = ""
     ax.legend(loc="upper right")
     ax.set_title(title or "loss")
     return save_figure(fig, path)
+
+
+def expert_load_figure(load: list[list[float]], title: str = "expert load"):
+    """Heatmap of each expert's share of its layer's tokens, (layers, experts): a balanced layer
+    is one flat colour at 1/experts. Returns the matplotlib Figure (the caller closes it)."""
+    num_layers, num_experts = len(load), len(load[0]) if load else 0
+    fig, ax = plt.subplots(figsize=(min(2 + 0.3 * num_experts, 14), min(1.5 + 0.3 * num_layers, 10)))
+    image = ax.imshow(load, aspect="auto", cmap="viridis", vmin=0.0, interpolation="nearest")
+    fig.colorbar(image, ax=ax, label="share of the layer's tokens")
+    ax.set_xlabel("expert")
+    ax.set_ylabel("layer")
+    ax.set_title(f"{title} (balanced = {1 / max(num_experts, 1):.3g})")
+    return fig

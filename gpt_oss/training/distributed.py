@@ -211,30 +211,32 @@ def _recomputed(forward: Callable) -> Callable:
 class LossForward(nn.Module):
     """model.loss as a forward(), so DDP sees the training forward pass (it hooks forward only)."""
 
-    def __init__(self, model: GptOss):
+    def __init__(self, model: GptOss, compiled: bool = False):
         super().__init__()
-        self.model = model
+        self.model, self.compiled = model, compiled
 
     def forward(self, input_ids: torch.Tensor, targets: torch.Tensor) -> LossOutput:
-        return self.model.loss(input_ids, targets)
+        return self.model.loss(input_ids, targets, compiled=self.compiled)
 
 
-def parallelize(model: GptOss, parallel: str, device: torch.device) -> LossFn:
+def parallelize(
+    model: GptOss, parallel: str, device: torch.device, compiled: bool = False
+) -> LossFn:
     """Wrap the model for data parallelism; returns the training loss function to call.
 
     none: model.loss. ddp: DistributedDataParallel around it (gradients all-reduced). fsdp:
     FSDP2 fully_shard per block, for the input embedding and for the rest (parameters, grads
-    and optimizer state sharded); `model` itself becomes the sharded model.
+    and optimizer state sharded); `model` itself becomes the sharded model. compiled: the
+    loss's softmax runs torch.compile'd (trainer.compile).
     """
-    if parallel == "none":
-        return model.loss
     if parallel == "ddp":
         ids = [device.index] if device.type == "cuda" else None
         return nn.parallel.DistributedDataParallel(
-            LossForward(model), device_ids=ids, **_no_buffer_sync()
+            LossForward(model, compiled), device_ids=ids, **_no_buffer_sync()
         )
-    shard_model(model, device)
-    return model.loss
+    if parallel != "none":
+        shard_model(model, device)
+    return functools.partial(model.loss, compiled=compiled)
 
 
 def _no_buffer_sync() -> dict[str, bool]:

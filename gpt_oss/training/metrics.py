@@ -70,3 +70,20 @@ def synchronize(device: torch.device | str) -> None:
     """Wait for the device's queued work (a no-op on the CPU): before and after a timing."""
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize(device)
+
+
+CPU_STEP_OVERHEAD = 2.0  # measured step time / pure-matmul time on 2-core CPUs (mini: 1.6-2.1)
+
+
+def cpu_step_estimate(
+    config: ModelConfig, batch_size: int, seq_len: int, dtype: torch.dtype = torch.float32
+) -> tuple[float, float]:
+    """(seconds per optimizer step, peak bytes) expected for training `config` on this CPU with
+    `batch_size` sequences of `seq_len` tokens: the step's FLOPs (metrics.flops_per_token) at
+    the matmul rate this CPU reaches now (a 1024^3 probe, ~0.1 s), times CPU_STEP_OVERHEAD;
+    memory from training_memory (one device). Rough, by design: it says minutes vs seconds."""
+    from gpt_oss.model.size import training_memory
+
+    flops = flops_per_token(config, seq_len) * batch_size * seq_len
+    seconds = CPU_STEP_OVERHEAD * flops / measured_matmul_flops("cpu", dtype, 1024)
+    return seconds, training_memory(config, 1, batch_size, seq_len, False)["total"]

@@ -10,21 +10,23 @@ from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
 from gpt_oss.model.config import ConfigError
+from gpt_oss.model.roles import Role, layer_shape, parameter_roles
 
-
-def is_matrix(name: str, param: torch.Tensor) -> bool:
-    """Weight matrices (and stacked expert matrices); not norms, biases, sinks or embeddings."""
-    return param.dim() >= 2 and not name.startswith("embed_tokens")
+# Weight decay: the layers' matrices only, not norms, biases, sinks or (by default) embeddings.
+DECAYED_ROLES = frozenset({Role.MATRIX, Role.EXPERT_MATRIX, Role.ROUTER, Role.HEAD})
+# Muon orthogonalises the blocks' hidden matrices; the rest (embeddings, head, router, norms,
+# biases, sinks) is AdamW's, as in Muon's reference use.
+MUON_ROLES = frozenset({Role.MATRIX, Role.EXPERT_MATRIX})
 
 
 def param_groups(model: nn.Module, weight_decay: float, decay_embeddings: bool = False) -> list[dict]:
-    """Two AdamW groups: decayed matrices, and everything else without decay."""
+    """Two AdamW groups by parameter role: decayed matrices, and everything else without decay."""
+    decayed_roles = DECAYED_ROLES | ({Role.EMBEDDING} if decay_embeddings else set())
     decay, no_decay = [], []
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        embedding = name.startswith("embed_tokens")
-        (decay if is_matrix(name, param) or (embedding and decay_embeddings) else no_decay).append(param)
+    for name, role in parameter_roles(model).items():
+        param = model.get_parameter(name)
+        if param.requires_grad:
+            (decay if role in decayed_roles else no_decay).append(param)
     return [
         {"params": decay, "weight_decay": weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
@@ -49,35 +51,47 @@ def adamw(
 
 
 def newton_schulz(matrix: torch.Tensor, steps: int = 5) -> torch.Tensor:
-    """Approximately orthogonalise the last two dims (Muon's quintic iteration, in bf16)."""
+    """Approximately orthogonalise the last two dims of (rows, cols) or (E, rows, cols).
+
+    Muon's quintic iteration in bf16, written as torch.optim.Muon's (the same fused
+    multiply-adds, so each matrix rounds exactly as there).
+    """
     a, b, c = 3.4445, -4.7750, 2.0315  # coefficients that maximise the slope at zero
     x = matrix.to(torch.bfloat16)
+    stacked = x if x.dim() == 3 else x.unsqueeze(0)  # (E, rows, cols)
     transposed = x.shape[-2] > x.shape[-1]
     if transposed:
-        x = x.mT
-    x = x / (x.norm(dim=(-2, -1), keepdim=True) + 1e-7)
+        stacked = stacked.mT
+    stacked = stacked / stacked.norm(dim=(-2, -1), keepdim=True).clamp(min=1e-7)
     for _ in range(steps):
-        gram = x @ x.mT
-        x = a * x + (b * gram + c * gram @ gram) @ x
-    return (x.mT if transposed else x).to(matrix.dtype)
+        gram = stacked @ stacked.mT
+        polynomial = torch.baddbmm(gram, gram, gram, beta=b, alpha=c)  # b * gram + c * gram^2
+        stacked = torch.baddbmm(stacked, polynomial, stacked, beta=a)  # a * x + polynomial @ x
+    if transposed:
+        stacked = stacked.mT
+    return (stacked if x.dim() == 3 else stacked[0]).to(matrix.dtype)
 
 
 class Muon(torch.optim.Optimizer):
     """Muon (momentum + orthogonalised update) for hidden matrices, AdamW for the rest.
 
-    Groups with use_muon=True hold 2-D matrices or stacked expert matrices (E, in, out), each
-    expert orthogonalised on its own. Updates are scaled by sqrt(max(1, rows/cols)) so their
-    RMS matches across shapes.
+    Groups with use_muon=True hold 2-D matrices or stacked expert matrices, each expert
+    orthogonalised on its own. Updates are scaled by sqrt(max(1, out/in)) of the layer, so
+    their RMS matches across shapes; `roles` says how each matrix is stored (nn.Linear's
+    (out, in) unless its role is EXPERT_MATRIX, stored (E, in, out)), as torch.optim.Muon
+    would see the layer.
     """
 
     def __init__(self, groups: list[dict], lr: float, momentum: float, nesterov: bool, ns_steps: int,
-                 adamw_lr: float, adamw_betas: tuple[float, float], eps: float, weight_decay: float):
+                 adamw_lr: float, adamw_betas: tuple[float, float], eps: float, weight_decay: float,
+                 roles: dict[torch.Tensor, Role] | None = None):
         defaults = dict(lr=lr, momentum=momentum, nesterov=nesterov, ns_steps=ns_steps, betas=tuple(adamw_betas),
                         eps=eps, weight_decay=weight_decay, use_muon=False)
         for group in groups:
             if not group.get("use_muon"):
                 group.setdefault("lr", adamw_lr)
         super().__init__(groups, defaults)
+        self.roles = roles or {}  # not state: rebuilt from the model with the optimizer
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -100,9 +114,10 @@ class Muon(torch.optim.Optimizer):
         buf.lerp_(p.grad, 1 - group["momentum"])
         update = p.grad.lerp(buf, group["momentum"]) if group["nesterov"] else buf
         update = newton_schulz(update, group["ns_steps"])
-        update *= math.sqrt(max(1.0, p.shape[-2] / p.shape[-1]))
+        out_features, in_features = layer_shape(self.roles.get(p, Role.MATRIX), p.shape)
+        scale = math.sqrt(max(1.0, out_features / in_features))  # of the layer, not the storage
         p.mul_(1 - group["lr"] * group["weight_decay"])
-        p.add_(update, alpha=-group["lr"])
+        p.add_(update, alpha=-group["lr"] * scale)
 
     def _adamw_update(self, p: torch.Tensor, group: dict) -> None:
         state = self.state[p]
@@ -132,12 +147,13 @@ def muon(
     weight_decay: float = 0.0,
 ) -> Muon:
     """Muon on attention and expert matrices; AdamW on embeddings, head, router, norms, biases."""
-    hidden, other = [], []
-    for name, param in model.named_parameters():
-        head_or_router = name.startswith("lm_head") or ".router." in name
-        (hidden if is_matrix(name, param) and not head_or_router else other).append(param)
+    hidden, other, roles = [], [], {}
+    for name, role in parameter_roles(model).items():
+        param = model.get_parameter(name)
+        roles[param] = role
+        (hidden if role in MUON_ROLES else other).append(param)
     groups = [{"params": hidden, "use_muon": True}, {"params": other, "use_muon": False, "weight_decay": 0.0}]
-    return Muon(groups, lr, momentum, nesterov, ns_steps, adamw_lr, adamw_betas, eps, weight_decay)
+    return Muon(groups, lr, momentum, nesterov, ns_steps, adamw_lr, adamw_betas, eps, weight_decay, roles)
 
 
 def warmup_length(total_steps: int, warmup_steps: int | None, warmup_fraction: float) -> int:

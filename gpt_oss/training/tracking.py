@@ -1,4 +1,6 @@
-"""Run tracking: metrics.jsonl on disk (always) and Weights & Biases (optional, never fatal)."""
+"""Run tracking: metrics.jsonl on disk (always), the logger interface, several loggers at once
+(LoggerGroup) and short run names. The loggers: gpt_oss.training.wandb_logger (Weights &
+Biases) and gpt_oss.training.file_loggers (TensorBoard, CSV)."""
 
 from __future__ import annotations
 
@@ -48,109 +50,93 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
 
 
 class NullLogger:
-    """logger=none: nothing leaves the machine; metrics.jsonl is still written by the trainer."""
+    """The logger interface, and logger=none: every method a no-op (metrics.jsonl is still
+    written by the trainer). A logger never stops training: it reports its own failures."""
 
     run_id: str | None = None
 
-    def start(self, run_dir: Path, config: dict, run_id: str | None = None) -> None:
-        pass
+    def start(self, run_dir: Path, config: dict, run_id: str | None = None, step: int = 0) -> None:
+        """Open the run; `step` > 0 when resuming from a checkpoint written at that step."""
 
     def log(self, metrics: dict[str, Any], step: int) -> None:
-        pass
+        """Scalars by name ("train/loss", "val/bpb", ...) at a training step."""
 
     def log_image(self, key: str, path: Path, step: int) -> None:
-        pass
+        """A PNG the trainer wrote (the loss plot)."""
+
+    def log_expert_load(self, load: list[list[float]], step: int) -> None:
+        """Each expert's share of its layer's token assignments since the previous evaluation:
+        (layers, experts), each row summing to 1."""
+
+    def log_checkpoint(self, path: Path, name: str, step: int) -> None:
+        """A checkpoint the trainer has just written; `name` is "last" or "best"."""
 
     def summary(self, values: dict[str, Any]) -> None:
-        pass
+        """End-of-run values (best and final losses, tokens seen, ...)."""
 
-    def finish(self) -> None:
-        pass
-
-
-def wandb_logged_in() -> bool:
-    """True when an API key is configured (env or netrc), so online mode cannot prompt."""
-    if os.environ.get("WANDB_API_KEY"):
-        return True
-    try:
-        import netrc
-
-        return netrc.netrc().authenticators("api.wandb.ai") is not None
-    except (FileNotFoundError, netrc.NetrcParseError, OSError):
-        return False
+    def finish(self, exit_code: int = 0) -> None:
+        """Close the run (exit_code != 0: it failed); what was logged is complete on disk when
+        this returns. A second call does nothing."""
 
 
-class WandbLogger(NullLogger):
-    """W&B: online when logged in, else offline; any W&B failure disables it with a warning."""
+class LoggerGroup(NullLogger):
+    """Several loggers as one (`logger=[wandb,tensorboard,csv]`): each call goes to every logger.
 
-    def __init__(self, project: str = "gpt-oss-lab", entity: str | None = None, mode: str = "auto",
-                 group: str | None = None, name: str | None = None, tags: list[str] | None = None,
-                 init_timeout: float = 30.0):
-        if mode not in ("auto", "online", "offline", "disabled"):
-            raise ValueError(f"logger.mode={mode!r} is invalid: valid are auto, online, offline, disabled")
-        self.project, self.entity, self.mode = project, entity, mode
-        self.group, self.name, self.tags = group, name, list(tags or [])
-        self.init_timeout = init_timeout
-        self.run = None
-        self.run_id = None
+    A logger's failure is a warning (once per logger and method, a count at the end) and never
+    stops the others or the training; the next call is tried again, so one transient failure
+    does not silence a logger for the rest of the run.
+    """
 
-    def resolved_mode(self) -> str:
-        if self.mode != "auto":
-            return self.mode
-        return "online" if wandb_logged_in() else "offline"
+    def __init__(self, loggers: dict[str, Any] | None = None):
+        self.loggers = dict(loggers or {})
+        self.failures: dict[tuple[str, str], int] = {}
 
-    def start(self, run_dir: Path, config: dict, run_id: str | None = None) -> None:
-        os.environ.setdefault("WANDB_SILENT", "true")
-        try:
-            import wandb
+    @property
+    def run_id(self) -> str | None:
+        """The first run id a logger has (W&B's): checkpoints keep it so a resume continues it."""
+        ids = (getattr(logger, "run_id", None) for logger in self.loggers.values())
+        return next((run_id for run_id in ids if run_id), None)
 
-            self.run = wandb.init(
-                project=self.project, entity=self.entity, group=self.group, name=self.name,
-                tags=self.tags, config=flatten(config), dir=str(run_dir), id=run_id,
-                resume="allow" if run_id else None, mode=self.resolved_mode(),
-                settings=wandb.Settings(init_timeout=self.init_timeout, console="off"),
-            )
-            self.run_id = self.run.id
-        except Exception as error:  # W&B must never stop training
-            self._disable("init", error)
+    def add_tags(self, *tags: str) -> None:
+        """Tags for the loggers that keep a list of them (W&B's run list)."""
+        for logger in self.loggers.values():
+            if isinstance(getattr(logger, "tags", None), list):
+                logger.tags.extend(tags)
 
-    def _disable(self, what: str, error: Exception) -> None:
-        log.warning("W&B %s failed (%s: %s); continuing without W&B", what, type(error).__name__, error)
-        self.run = None
+    def _each(self, method: str, *args: Any, **kwargs: Any) -> None:
+        for name, logger in self.loggers.items():
+            try:
+                getattr(logger, method)(*args, **kwargs)
+            except Exception as error:  # logging must never stop training
+                key = (name, method)
+                self.failures[key] = self.failures.get(key, 0) + 1
+                if self.failures[key] == 1:
+                    log.warning("logger %s: %s failed (%s: %s); training goes on",
+                                name, method, type(error).__name__, error)
+
+    def start(self, run_dir: Path, config: dict, run_id: str | None = None, step: int = 0) -> None:
+        self._each("start", run_dir, config, run_id=run_id, step=step)
 
     def log(self, metrics: dict[str, Any], step: int) -> None:
-        if self.run is None:
-            return
-        try:
-            self.run.log(metrics, step=step)
-        except Exception as error:
-            self._disable("log", error)
+        self._each("log", metrics, step=step)
 
     def log_image(self, key: str, path: Path, step: int) -> None:
-        if self.run is None:
-            return
-        try:
-            import wandb
+        self._each("log_image", key, path, step=step)
 
-            self.run.log({key: wandb.Image(str(path))}, step=step)
-        except Exception as error:
-            self._disable("log_image", error)
+    def log_expert_load(self, load: list[list[float]], step: int) -> None:
+        self._each("log_expert_load", load, step=step)
+
+    def log_checkpoint(self, path: Path, name: str, step: int) -> None:
+        self._each("log_checkpoint", path, name, step=step)
 
     def summary(self, values: dict[str, Any]) -> None:
-        if self.run is None:
-            return
-        try:
-            self.run.summary.update(values)
-        except Exception as error:
-            self._disable("summary", error)
+        self._each("summary", values)
 
-    def finish(self) -> None:
-        if self.run is None:
-            return
-        try:
-            self.run.finish()
-        except Exception as error:
-            self._disable("finish", error)
+    def finish(self, exit_code: int = 0) -> None:
+        self._each("finish", exit_code=exit_code)
+        for (name, method), count in self.failures.items():
+            if count > 1:
+                log.warning("logger %s: %s failed %d times in this run", name, method, count)
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -163,3 +149,45 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             flat[name] = value
     return flat
+
+
+def short_run_name(overrides: list[str], keys: set[str] | None = None, max_chars: int = 64) -> str | None:
+    """A run name a person reads: `model.num_experts=8` -> `num_experts=8`.
+
+    overrides: Hydra overrides (`key=value`, `+key=value`); keys: the keys to name the run by
+    (a sweep's swept keys), None for all. Each key is shortened to its last dotted part, or more
+    parts where two would collide; items join with ","; past max_chars the rest is counted
+    (`lr=0.001,+3 more`). None when nothing is left (W&B then picks a name).
+    """
+    pairs = []
+    for override in overrides:
+        key, sep, value = override.partition("=")
+        key = key.lstrip("+~")
+        if sep and (keys is None or key in keys):
+            pairs.append((key, value))
+    if not pairs:
+        return None
+    short = _short_keys([key for key, _ in pairs])
+    items = [f"{short[key]}={value}" for key, value in pairs]
+    name = ""
+    for i, item in enumerate(items):
+        rest = len(items) - i - 1
+        candidate = f"{name},{item}" if name else item
+        tail = f",+{rest} more" if rest else ""
+        if len(candidate) + len(tail) > max_chars and name:
+            return f"{name},+{len(items) - i} more"
+        name = candidate
+    return name[: max_chars - 1] + "~" if len(name) > max_chars else name
+
+
+def _short_keys(keys: list[str]) -> dict[str, str]:
+    """Each dotted key's shortest unique suffix: {"model.lr": "model.lr", "optimizer.lr": ...}."""
+    parts = {key: 1 for key in keys}
+    while True:
+        short = {key: ".".join(key.split(".")[-n:]) for key, n in parts.items()}
+        clashes = {key for key in keys if list(short.values()).count(short[key]) > 1}
+        grow = {key for key in clashes if parts[key] < len(key.split("."))}
+        if not grow:
+            return short
+        for key in grow:
+            parts[key] += 1

@@ -201,9 +201,8 @@ class Trainer:
         if config.compile:
             for block in self.model.layers:
                 block.compile()
-            self.model.compiled_loss = True
         self.loss_fn = parallelize(
-            self.model, config.parallel, self.device
+            self.model, config.parallel, self.device, compiled=config.compile
         )  # model.loss, DDP or FSDP
         self.optimizer = optimizer_factory(self.model)
         self.schedule = schedule_factory(self.optimizer)
@@ -231,6 +230,7 @@ class Trainer:
         self.vocabulary = vocabulary if vocabulary is not None else getattr(data, "vocabulary", None)
         self.metrics = MetricsFile(self.run_dir / "metrics.jsonl")
         self.step, self.best_val, self.skipped, self.tokens_seen = 0, math.inf, 0, 0
+        self.counts_since_eval: torch.Tensor | None = None  # (layers, experts), for the loggers
         self.flops_per_token = flops_per_token(model.config, config.seq_len)
         self.peak = None
 
@@ -239,7 +239,7 @@ class Trainer:
         """Train to max_steps (resuming first if asked); returns the summary."""
         seed_everything(self.config.seed)
         run_id = self._maybe_resume()
-        self.logger.start(self.run_dir, self.run_config, run_id=run_id)
+        self.logger.start(self.run_dir, self.run_config, run_id=run_id, step=self.step)
         if self.world.is_main:  # for MFU; on a CPU a timed matmul: before the clock starts
             self.peak = peak_flops(self.device, self.dtype or torch.float32) * self.world.size
         started, last_log = time.perf_counter(), (time.perf_counter(), self.step)
@@ -254,6 +254,7 @@ class Trainer:
         )
         while self.step < self.config.max_steps:
             stats = self.train_step()
+            self._note_expert_counts(stats.expert_counts)
             self.step += 1
             self.tokens_seen += self.config.batch_size * self.config.seq_len
             bar.update(1)
@@ -359,7 +360,17 @@ class Trainer:
         self.logger.log({f"val/{k}": v for k, v in result.items()}, step=self.step)
         plot = plot_losses(self.metrics.read(), self.run_dir / "loss.png", title=self.run_dir.name)
         self.logger.log_image("loss_curve", plot, step=self.step)
+        if self.counts_since_eval is not None:  # one table per evaluation, not a scalar per expert
+            self.logger.log_expert_load(expert_load(self.counts_since_eval), step=self.step)
+            self.counts_since_eval = None
         return result
+
+    def _note_expert_counts(self, counts: torch.Tensor) -> None:
+        """Add a step's (layers, experts) assignment counts to those since the last evaluation."""
+        if self.counts_since_eval is None:
+            self.counts_since_eval = counts.detach().clone()
+        else:
+            self.counts_since_eval += counts
 
     def _log_train(self, stats: StepStats, last_log: tuple[float, int], bar) -> tuple[float, int]:
         now = time.perf_counter()
@@ -388,9 +399,7 @@ class Trainer:
         flat = {
             f"train/{k}": v for k, v in record.items() if k not in ("step", "split", "expert_load")
         }
-        for layer, load in enumerate(record["expert_load"]):
-            flat |= {f"expert_load/layer{layer}/expert{e}": share for e, share in enumerate(load)}
-        self.logger.log(flat, step=self.step)
+        self.logger.log(flat, step=self.step)  # expert load: per evaluation (log_expert_load)
         bar.set_postfix(loss=f"{stats.ce:.3f}", tok_s=f"{tokens_per_s:,.0f}", refresh=False)
         return now, self.step
 
@@ -413,10 +422,13 @@ class Trainer:
         )
         folder = self.run_dir / "checkpoints"
         if self.config.parallel != "none":
-            return save_sharded(folder / name, self.model, self.optimizer, state)
-        return save_checkpoint(
-            folder / f"{name}.pt", self.model, optimizer=self.optimizer.state_dict(), **state
-        )
+            path = save_sharded(folder / name, self.model, self.optimizer, state)
+        else:
+            path = save_checkpoint(
+                folder / f"{name}.pt", self.model, optimizer=self.optimizer.state_dict(), **state
+            )
+        self.logger.log_checkpoint(path, name, step=self.step)  # W&B artifacts, when asked for
+        return path
 
     def _maybe_resume(self) -> str | None:
         source = self.config.resume
