@@ -33,6 +33,7 @@ from gpt_oss.model.sampling import (
 )
 from gpt_oss.model.vocabulary import FullVocabulary, Vocabulary, VocabularyError
 from gpt_oss.training.checkpoint import load_text_vocabulary, load_with_vocabulary
+from gpt_oss.training.runtime import set_device_threads
 
 
 @dataclass
@@ -53,6 +54,7 @@ class GenerateConfig:
     stream: bool = True  # print a single prompt's tokens as they come
     device: str = "auto"  # auto = cuda when present, else cpu
     dtype: str = "auto"  # auto = bf16 on cuda, fp32 on cpu; or bf16, fp16, fp32
+    threads: int = 0  # CPU: intra-op threads; 0 = the cores free of other work
 
 
 ConfigStore.instance().store(name="generate_schema", node=GenerateConfig)
@@ -113,6 +115,7 @@ def run(cfg: DictConfig, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> 
     if cfg.batch_size < 1:
         raise ConfigError(f"batch_size={cfg.batch_size} is invalid: must be >= 1")
     device = resolve_device(cfg.device)
+    set_device_threads(device, cfg.threads, "threads")
     model, _, _ = load_with_vocabulary(
         cfg.checkpoint, device, DTYPES[resolve_precision(cfg.dtype, device, "dtype")]
     )

@@ -24,6 +24,7 @@ from gpt_oss.model.precision import PRECISIONS, autocast_dtype, resolve_precisio
 from gpt_oss.model.vocabulary import Vocabulary
 from gpt_oss.studies.plots import plot_losses
 from gpt_oss.training.checkpoint import checkpoint_vocabulary, read_checkpoint, save_checkpoint
+from gpt_oss.training.cpu_preview import CpuPreview, Heartbeat, first_step_report, preview_cpu_run
 from gpt_oss.training.distributed import (
     PARALLEL_MODES,
     checkpoint_blocks,
@@ -41,7 +42,7 @@ from gpt_oss.training.distributed import (
     sum_over_ranks_,
 )
 from gpt_oss.training.metrics import bits_per_byte, flops_per_token, peak_flops
-from gpt_oss.training.runtime import keep_freed_memory
+from gpt_oss.training.runtime import keep_freed_memory, set_device_threads
 from gpt_oss.training.tracking import MetricsFile, NullLogger, read_metrics
 
 log = logging.getLogger(__name__)
@@ -75,6 +76,7 @@ class TrainerConfig:
     activation_checkpointing: bool = False  # recompute each block in backward: memory for time
     meta_init: bool = False  # fsdp: build on the meta device, initialise only this rank's shards
     progress: bool = True
+    threads: int = 0  # CPU runs: intra-op threads; 0 = the cores free of other work (runtime.py)
 
     def validate(self, world_size: int = 1) -> None:
         """Raise ConfigError naming the first impossible field."""
@@ -93,6 +95,11 @@ class TrainerConfig:
                 raise ConfigError(
                     f"trainer.{name}={value!r} is invalid: must be a positive integer"
                 )
+        if isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 0:
+            raise ConfigError(
+                f"trainer.threads={self.threads!r} is invalid: 0 (auto: the cores free of other "
+                "work) or a positive thread count"
+            )
         if self.batch_size % (self.grad_accum * world_size):
             raise ConfigError(
                 f"trainer.batch_size={self.batch_size} is invalid: must be a multiple of "
@@ -193,6 +200,7 @@ class Trainer:
         self.config, self.data = config, data
         self.run_dir = Path(run_dir)
         self.device = rank_device(resolve_device(config.device, "trainer.device"), self.world)
+        self.threads = set_device_threads(self.device, config.threads)  # CPU only; before any work
         precision = resolve_precision(config.precision, self.device, "trainer.precision")
         self.dtype = autocast_dtype(precision)  # None: float32, no autocast
         self.model = place_model(model, self.device, config.parallel)
@@ -233,6 +241,7 @@ class Trainer:
         self.counts_since_eval: torch.Tensor | None = None  # (layers, experts), for the loggers
         self.flops_per_token = flops_per_token(model.config, config.seq_len)
         self.peak = None
+        self.eval_seconds = 0.0  # wall time spent in validation (its share goes in the summary)
 
     # ----------------------------------------------------------------- the loop
     def fit(self) -> dict[str, Any]:
@@ -242,6 +251,7 @@ class Trainer:
         self.logger.start(self.run_dir, self.run_config, run_id=run_id, step=self.step)
         if self.world.is_main:  # for MFU; on a CPU a timed matmul: before the clock starts
             self.peak = peak_flops(self.device, self.dtype or torch.float32) * self.world.size
+        preview = self._preview()
         started, last_log = time.perf_counter(), (time.perf_counter(), self.step)
         bar = tqdm(
             total=self.config.max_steps,
@@ -253,7 +263,12 @@ class Trainer:
             dynamic_ncols=True,
         )
         while self.step < self.config.max_steps:
-            stats = self.train_step()
+            if preview is not None:  # a sign of life while the (maybe minutes-long) step 1 runs
+                with Heartbeat(first_step_report(bar, preview.step_s)):
+                    stats = self.train_step()
+                preview = None
+            else:
+                stats = self.train_step()
             self._note_expert_counts(stats.expert_counts)
             self.step += 1
             self.tokens_seen += self.config.batch_size * self.config.seq_len
@@ -274,13 +289,34 @@ class Trainer:
         evaluate = self.step % cfg.eval_every == 0 or final
         save = self.step % cfg.checkpoint_every == 0 or final
         if evaluate:
+            began = time.perf_counter()
             val = self.evaluate()
+            self.eval_seconds += time.perf_counter() - began
             if val["loss"] < self.best_val:
                 self.best_val = val["loss"]
                 self.save("best")
         if save:
             self.save("last")
         return evaluate or save
+
+    def _preview(self) -> CpuPreview | None:
+        """A one-process CPU run: log the estimated step time, total time and peak memory."""
+        if self.device.type != "cpu" or self.world.size > 1 or self.step >= self.config.max_steps:
+            return None
+        steps = self.config.max_steps - self.step
+        return preview_cpu_run(self.model.config, self.config.batch_size, self.config.seq_len,
+                               steps, self.dtype, self._one_random_sequence, self.threads)
+
+    def _one_random_sequence(self) -> None:
+        """Forward and backward of one sequence of random tokens, as a step runs them; the
+        gradients are dropped and the global RNG is not used (resuming stays exact)."""
+        generator = torch.Generator().manual_seed(0)
+        shape = (1, self.config.seq_len)
+        tokens = torch.randint(0, self.model.config.vocab_size, shape, generator=generator)
+        with self._autocast():
+            out = self.loss_fn(tokens.to(self.device), tokens.roll(-1, 1).to(self.device))
+        out.loss.backward()
+        self.optimizer.zero_grad(set_to_none=True)
 
     def _autocast(self):
         if self.dtype is None:
@@ -515,6 +551,7 @@ class Trainer:
             "steps": self.step,
             "tokens_seen": self.tokens_seen,
             "seconds": seconds,
+            "eval_seconds": self.eval_seconds,  # validation's part of `seconds`
             "best_val_loss": min((r["loss"] for r in val), default=math.nan),
             "final_val_loss": val[-1]["loss"] if val else math.nan,
             "final_val_bpb": val[-1]["bpb"] if val else math.nan,
@@ -572,6 +609,8 @@ def format_summary(summary: dict[str, Any]) -> str:
             f" ({summary['tokens_per_s']:,.0f} tokens/s at the end)",
             f"  best val loss {summary['best_val_loss']:.4f}, final val loss {summary['final_val_loss']:.4f}"
             f" ({summary['final_val_bpb']:.4f} bits/byte); final train loss {summary['final_train_loss']:.4f}",
+            f"  validation: {summary.get('eval_seconds', 0.0):.0f} s of the run's {summary['seconds']:.0f} s"
+            f" ({100 * summary.get('eval_seconds', 0.0) / max(summary['seconds'], 1e-9):.0f}%)",
             f"  skipped steps: {summary['skipped_steps']}",
             f"  run dir:     {summary['run_dir']}",
             f"  checkpoints: {summary['checkpoints']}/{{last,best}}{'/' if summary.get('sharded_checkpoints') else '.pt'}",
