@@ -228,9 +228,9 @@ def run(cfg: DictConfig) -> Score:
     """Load, score, print (and write cfg.output when set)."""
     if cfg.batch_size < 1:
         raise ConfigError(f"batch_size={cfg.batch_size} is invalid: must be >= 1")
-    documents = read_documents(cfg.text_file, cfg.separator, cfg.field, cfg.max_documents)
     device = resolve_device(cfg.device)
     set_device_threads(device, cfg.threads, "threads")
+    documents = read_documents(cfg.text_file, cfg.separator, cfg.field, cfg.max_documents)
     vocabulary = load_text_vocabulary(cfg.checkpoint)  # cheap: no weights are read
     weights, autocast = weights_and_autocast(
         resolve_precision(cfg.dtype, device, "dtype", native_cpu_bf16=True), device

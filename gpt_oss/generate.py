@@ -106,6 +106,8 @@ def encode_prompt(text: str, start: str | None, vocabulary: Vocabulary | None = 
 # ------------------------------------------------------------------ running and printing
 def run(cfg: DictConfig, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> list[Generation]:
     """Load, generate every prompt in batches, print prompt + continuation and the speed."""
+    device = resolve_device(cfg.device)
+    set_device_threads(device, cfg.threads, "threads")
     sampling = SamplingConfig(cfg.temperature, cfg.top_k, cfg.top_p)
     sampling.validate()
     texts = read_prompts(cfg.prompts_file) if cfg.prompts_file else [cfg.prompt]
@@ -114,8 +116,6 @@ def run(cfg: DictConfig, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> 
     stops = [token_id(str(s), vocabulary=vocabulary) for s in cfg.stop]
     if cfg.batch_size < 1:
         raise ConfigError(f"batch_size={cfg.batch_size} is invalid: must be >= 1")
-    device = resolve_device(cfg.device)
-    set_device_threads(device, cfg.threads, "threads")
     model, _, _ = load_with_vocabulary(
         cfg.checkpoint, device, DTYPES[resolve_precision(cfg.dtype, device, "dtype")]
     )
