@@ -4,7 +4,16 @@ from gpt_oss.model.config import ConfigError, ModelConfig
 from gpt_oss.model.hf import export_hf, import_hf
 from gpt_oss.model.model import GptOss
 from gpt_oss.model.tokenizer import get_tokenizer
-from gpt_oss.training.checkpoint import load_model
+from gpt_oss.training.checkpoint import load_model, load_vocabulary
 
-__all__ = ["ConfigError", "GptOss", "ModelConfig", "export_hf", "get_tokenizer", "import_hf", "load_model"]
+__all__ = [
+    "ConfigError",
+    "GptOss",
+    "ModelConfig",
+    "export_hf",
+    "get_tokenizer",
+    "import_hf",
+    "load_model",
+    "load_vocabulary",
+]
 __version__ = "0.1.0"

@@ -39,8 +39,9 @@ from gpt_oss.model.precision import (
     cpu_has_native_bf16,
     resolve_precision,
 )
-from gpt_oss.schema import RunConfig, build
+from gpt_oss.schema import RunConfig, build, checked_command_line
 from gpt_oss.training.metrics import flops_per_token, peak_flops, synchronize
+from gpt_oss.validation import check_fields, ranged
 
 log = logging.getLogger("gpt_oss.bench")
 
@@ -53,13 +54,13 @@ RESULT_PREFIX = "BENCH_RESULT "  # the worker's answer line on stdout
 class BenchConfig:
     """What to time: `bench.*` in conf/bench.yaml."""
 
-    warmup_steps: int = 2
-    steps: int = 5
+    warmup_steps: int = ranged(2, "[0, inf)")
+    steps: int = ranged(5, "[1, inf)")
     precision: Any = "auto"  # a name, or a list of names (one row each)
     compare: str | None = None  # None or "hf"
     hf_attention: str = "auto"
     profile: bool = False
-    seed: int = 0
+    seed: int = ranged(0, "[0, 4294967295]")
 
     def precisions(self) -> list[str]:
         """The precision names as a list, each checked."""
@@ -73,10 +74,7 @@ class BenchConfig:
 
     def validate(self) -> None:
         """Raise ConfigError naming the first impossible field."""
-        if not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
-            raise ConfigError(f"bench.warmup_steps={self.warmup_steps!r} is invalid: must be >= 0")
-        if not isinstance(self.steps, int) or self.steps < 1:
-            raise ConfigError(f"bench.steps={self.steps!r} is invalid: must be >= 1")
+        check_fields(self, "bench")
         if self.compare not in COMPARES:
             raise ConfigError(f"bench.compare={self.compare!r} is invalid: valid are {COMPARES}")
         if self.hf_attention not in HF_ATTENTION:
@@ -101,7 +99,7 @@ ConfigStore.instance().store(name="bench_schema", node=BenchRunConfig)
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Validate, time every (implementation, precision) in its own process, print the report."""
-    parts = build(cfg)
+    parts = build(cfg, BenchRunConfig)
     bench = BenchConfig(**OmegaConf.to_container(cfg.bench, resolve=True))
     bench.validate()
     trainer = parts["trainer_config"]
@@ -252,7 +250,7 @@ def measure_ours(spec: dict[str, Any]) -> dict[str, Any]:
     from gpt_oss.training.trainer import Trainer, seed_everything
 
     cfg = OmegaConf.create(spec["config"])
-    parts = build(cfg)
+    parts = build(cfg, BenchRunConfig)
     bench = BenchConfig(**spec["config"]["bench"])
     trainer_config = parts["trainer_config"]
     trainer_config.precision = spec["precision"]
@@ -291,7 +289,7 @@ def measure_hf(spec: dict[str, Any]) -> dict[str, Any]:
     from gpt_oss.training.trainer import seed_everything
 
     cfg = OmegaConf.create(spec["config"])
-    parts = build(cfg)
+    parts = build(cfg, BenchRunConfig)
     bench = BenchConfig(**spec["config"]["bench"])
     model_config, trainer_config = parts["model_config"], parts["trainer_config"]
     device = resolve_device(trainer_config.device, "trainer.device")
@@ -548,12 +546,14 @@ def random_batches(vocab_size: int, trainer_config, seed: int, device: torch.dev
     return next_batch
 
 
+@checked_command_line(BenchRunConfig)
 @hydra.main(version_base=None, config_path="../conf", config_name="bench")
 def main(cfg: DictConfig) -> None:
     try:
         run(cfg)
     except ConfigError as error:
-        log.error("ConfigError: %s", error)
+        # stderr, not the log: conf/bench.yaml disables logging (a benchmark only prints)
+        print(f"ConfigError: {error}", file=sys.stderr, flush=True)
         raise SystemExit(2) from error
 
 

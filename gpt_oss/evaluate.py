@@ -33,9 +33,11 @@ from gpt_oss.model.model import GptOss
 from gpt_oss.model.precision import DTYPES, resolve_precision
 from gpt_oss.model.tokenizer import get_tokenizer
 from gpt_oss.model.vocabulary import FullVocabulary, Vocabulary
+from gpt_oss.schema import check, checked_command_line
 from gpt_oss.training.checkpoint import load_text_vocabulary, load_with_vocabulary
 from gpt_oss.training.metrics import bits_per_byte
 from gpt_oss.training.runtime import set_device_threads
+from gpt_oss.validation import ranged
 
 DEFAULT_CONTEXT = 1024  # when the checkpoint does not say what it was trained on
 LOSS_CHUNK_TOKENS = 1024  # logits exist for this many tokens at a time (201k vocab: 0.8 GB fp32)
@@ -49,14 +51,15 @@ class EvaluateConfig:
     text_file: str = MISSING  # .jsonl ({"text": ...} per line) or text split at `separator`
     separator: str | None = "<|endoftext|>"  # between documents of a text file; null = lines
     field: str = "text"  # the .jsonl field holding a document
-    context_length: int | None = None  # null = the training seq_len stored with the checkpoint
-    stride: int | None = None  # null = context_length // 2
-    batch_size: int = 8  # windows per forward pass
-    max_documents: int | None = None  # null = all
+    # null = the training seq_len stored with the checkpoint (<= the model's positions)
+    context_length: int | None = ranged(None, "[1, inf)")
+    stride: int | None = ranged(None, "[1, inf)")  # null = context_length // 2
+    batch_size: int = ranged(8, "[1, inf)")  # windows per forward pass
+    max_documents: int | None = ranged(None, "[1, inf)")  # null = all
     device: str = "auto"  # auto = cuda when present, else cpu
     dtype: str = "auto"  # auto = bf16 on cuda and native-bf16 CPUs, else fp32; bf16, fp16, fp32
     output: str | None = None  # also write the result as JSON here
-    threads: int = 0  # CPU: intra-op threads; 0 = the cores free of other work
+    threads: int = ranged(0, "[0, inf)")  # CPU: intra-op threads; 0 = the cores free of other work
     progress: bool = True  # a progress bar (tokens scored) on stderr
 
 
@@ -131,10 +134,7 @@ def document_windows(
 ) -> list[tuple[list[int], list[int]]]:
     """(inputs, targets) windows over one token sequence; targets already scored by an earlier
     window are IGNORE_INDEX, so each of the len(tokens) - 1 predictions counts exactly once."""
-    if not 0 < stride <= context_length:
-        raise ConfigError(
-            f"stride={stride} is invalid: must be in [1, context_length={context_length}]"
-        )
+    check_stride(stride, context_length)
     inputs, targets = tokens[:-1], tokens[1:]
     windows, scored_until = [], 0
     for begin in range(0, len(inputs), stride):
@@ -145,6 +145,14 @@ def document_windows(
         if end == len(inputs):
             break
     return windows
+
+
+def check_stride(stride: int, context_length: int) -> None:
+    """A window may move by at most its length, or tokens between windows go unscored."""
+    if not 0 < stride <= context_length:
+        raise ConfigError(
+            f"stride={stride} is invalid: must be in [1, context_length={context_length}]"
+        )
 
 
 @torch.inference_mode()
@@ -225,9 +233,10 @@ def default_context(run_config: dict[str, Any], model: GptOss) -> int:
 
 
 def run(cfg: DictConfig) -> Score:
-    """Load, score, print (and write cfg.output when set)."""
-    if cfg.batch_size < 1:
-        raise ConfigError(f"batch_size={cfg.batch_size} is invalid: must be >= 1")
+    """Check every setting, load, score, print (and write cfg.output when set)."""
+    check(cfg, EvaluateConfig)
+    if cfg.stride is not None and cfg.context_length is not None:
+        check_stride(cfg.stride, cfg.context_length)
     device = resolve_device(cfg.device)
     set_device_threads(device, cfg.threads, "threads")
     documents = read_documents(cfg.text_file, cfg.separator, cfg.field, cfg.max_documents)
@@ -237,7 +246,14 @@ def run(cfg: DictConfig) -> Score:
     )
     model, _, run_config = load_with_vocabulary(cfg.checkpoint, device, weights)
     context = cfg.context_length or default_context(run_config, model)
+    positions = model.config.max_position_embeddings
+    if context > positions:
+        raise ConfigError(
+            f"context_length={context} is invalid: must be in [1, {positions}], the model's "
+            "max_position_embeddings"
+        )
     stride = cfg.stride or max(context // 2, 1)
+    check_stride(stride, context)
     score = score_documents(
         model, documents, context, stride, cfg.batch_size, vocabulary, cfg.progress, autocast
     )
@@ -255,6 +271,7 @@ def run(cfg: DictConfig) -> Score:
     return score
 
 
+@checked_command_line(EvaluateConfig)
 @hydra.main(version_base=None, config_path="../conf", config_name="evaluate")
 def main(cfg: DictConfig) -> None:
     exit_on_input_error(run, cfg)

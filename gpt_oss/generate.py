@@ -32,8 +32,10 @@ from gpt_oss.model.sampling import (
     generate,
 )
 from gpt_oss.model.vocabulary import FullVocabulary, Vocabulary, VocabularyError
+from gpt_oss.schema import check, checked_command_line
 from gpt_oss.training.checkpoint import load_text_vocabulary, load_with_vocabulary
 from gpt_oss.training.runtime import set_device_threads
+from gpt_oss.validation import ranged
 
 
 @dataclass
@@ -43,18 +45,18 @@ class GenerateConfig:
     checkpoint: str = MISSING  # run dir, .pt file, or Hugging Face directory
     prompt: str = "Once upon a time"
     prompts_file: str | None = None  # .txt: one prompt per line; .jsonl: {"prompt" or "text": ...}
-    max_new_tokens: int = 200
-    temperature: float = 0.8  # 0 = greedy
-    top_k: int = 0  # 0 = off
-    top_p: float = 0.95  # 1 = off
-    seed: int | None = 1337  # null = not reproducible
+    max_new_tokens: int = ranged(200, "[1, inf)")
+    temperature: float = ranged(0.8, "[0, inf)")  # 0 = greedy
+    top_k: int = ranged(0, "[0, inf)")  # 0 = off
+    top_p: float = ranged(0.95, "(0, 1]")  # 1 = off
+    seed: int | None = ranged(1337, "[0, 18446744073709551615]")  # torch's range; null = unseeded
     stop: list[str] = field(default_factory=lambda: ["<|endoftext|>"])  # token texts or ids
     start: str | None = "<|endoftext|>"  # prepended to every prompt; null = none
-    batch_size: int = 8  # prompts generated together
+    batch_size: int = ranged(8, "[1, inf)")  # prompts generated together
     stream: bool = True  # print a single prompt's tokens as they come
     device: str = "auto"  # auto = cuda when present, else cpu
     dtype: str = "auto"  # auto = bf16 on cuda, fp32 on cpu; or bf16, fp16, fp32
-    threads: int = 0  # CPU: intra-op threads; 0 = the cores free of other work
+    threads: int = ranged(0, "[0, inf)")  # CPU: intra-op threads; 0 = the cores free of other work
 
 
 ConfigStore.instance().store(name="generate_schema", node=GenerateConfig)
@@ -105,7 +107,9 @@ def encode_prompt(text: str, start: str | None, vocabulary: Vocabulary | None = 
 
 # ------------------------------------------------------------------ running and printing
 def run(cfg: DictConfig, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> list[Generation]:
-    """Load, generate every prompt in batches, print prompt + continuation and the speed."""
+    """Check every setting, load, generate every prompt in batches, print prompt +
+    continuation and the speed."""
+    check(cfg, GenerateConfig)
     device = resolve_device(cfg.device)
     set_device_threads(device, cfg.threads, "threads")
     sampling = SamplingConfig(cfg.temperature, cfg.top_k, cfg.top_p)
@@ -114,8 +118,6 @@ def run(cfg: DictConfig, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> 
     vocabulary = load_text_vocabulary(cfg.checkpoint)  # cheap: no weights are read
     prompts = [encode_prompt(text, cfg.start, vocabulary) for text in texts]
     stops = [token_id(str(s), vocabulary=vocabulary) for s in cfg.stop]
-    if cfg.batch_size < 1:
-        raise ConfigError(f"batch_size={cfg.batch_size} is invalid: must be >= 1")
     model, _, _ = load_with_vocabulary(
         cfg.checkpoint, device, DTYPES[resolve_precision(cfg.dtype, device, "dtype")]
     )
@@ -183,6 +185,7 @@ def speed_report(result: Generation) -> str:
     )
 
 
+@checked_command_line(GenerateConfig)
 @hydra.main(version_base=None, config_path="../conf", config_name="generate")
 def main(cfg: DictConfig) -> None:
     exit_on_input_error(run, cfg)

@@ -6,10 +6,13 @@ python -m gpt_oss.info model=full gpus=8 batch_size=1 seq_len=4096   # per-GPU t
 
 from __future__ import annotations
 
+import sys
+
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from gpt_oss import schema
 from gpt_oss.model.config import ConfigError, ModelConfig
 from gpt_oss.model.size import (
     format_report,
@@ -18,6 +21,8 @@ from gpt_oss.model.size import (
     parameter_counts,
     training_memory,
 )
+
+schema.register()  # info_schema, first in conf/info.yaml's defaults
 
 
 def model_config(node: DictConfig) -> ModelConfig:
@@ -40,14 +45,18 @@ def resolved_model_config(cfg: DictConfig) -> ModelConfig:
     return config
 
 
-@hydra.main(version_base=None, config_path="../conf", config_name="info")
-def main(cfg: DictConfig) -> None:
-    try:
-        config = resolved_model_config(cfg)
-    except ConfigError as error:
-        raise SystemExit(f"ConfigError: {error}") from error
+def report(cfg: DictConfig) -> None:
+    """Check every setting of conf/info.yaml (ConfigError naming it), then print the counts and
+    the training plan."""
+    schema.check(cfg, schema.InfoConfig)
+    config = resolved_model_config(cfg)
+    if cfg.seq_len > config.max_position_embeddings:
+        raise ConfigError(
+            f"seq_len={cfg.seq_len} is invalid: exceeds model.max_position_embeddings="
+            f"{config.max_position_embeddings}"
+        )
     counts = parameter_counts(config)
-    name = HydraConfig.get().runtime.choices.get("model", "model")
+    name = HydraConfig.get().runtime.choices.get("model", "model") if HydraConfig.initialized() else "model"
     print(format_report(name, config, counts))
     plan_args = (cfg.gpus, cfg.batch_size, cfg.seq_len, cfg.activation_checkpointing)
     plan = training_memory(config, *plan_args)
@@ -57,6 +66,16 @@ def main(cfg: DictConfig) -> None:
         if built != counts["total"]:
             raise SystemExit(f"analytic total {counts['total']} != meta-device build {built}")
         print(f"\nmeta-device build agrees: {built:,} parameters")
+
+
+@schema.checked_command_line(schema.InfoConfig)
+@hydra.main(version_base=None, config_path="../conf", config_name="info")
+def main(cfg: DictConfig) -> None:
+    try:
+        report(cfg)
+    except ConfigError as error:
+        print(f"ConfigError: {error}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from error
 
 
 if __name__ == "__main__":

@@ -10,22 +10,38 @@ logger are open dicts because their keys depend on the chosen target.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
-from dataclasses import dataclass, field, make_dataclass
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, fields, is_dataclass, make_dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, get_type_hints
 
+from hydra._internal.utils import get_args_parser
 from hydra.core.config_store import ConfigStore
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import OverrideType
 from hydra.errors import InstantiationException
+from hydra.experimental.callback import Callback
 from hydra.utils import instantiate
 from omegaconf import MISSING, Container, DictConfig, OmegaConf
+from omegaconf.errors import InterpolationResolutionError
 
-from gpt_oss.data.config import DataConfig
+from gpt_oss.data.config import DataConfig, DataError, default_cache_dir
 from gpt_oss.model.config import ConfigError, ModelConfig, layer_pattern
 from gpt_oss.model.vocabulary import follow_data, planned_size, resolve_vocabulary
 from gpt_oss.studies.gpu_pool import gpu_count
 from gpt_oss.training import distributed
 from gpt_oss.training.trainer import TrainerConfig
+from gpt_oss.validation import check_config, ranged, unknown_key_message
+
+# Root config groups that hold no key of their own (their files are `# @package _global_`):
+# valid names at the root beside RunConfig's fields.
+ROOT_GROUPS = ("experiment", "experiments", "hparams_search", "debug", "hydra")
+# Of those, the ones conf/config.yaml lists as `group: null`: chosen with group=NAME, never +.
+DEFAULTS_GROUPS = ("experiment", "hparams_search", "debug")
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 
 def targeted(cls: type) -> type:
@@ -44,6 +60,16 @@ TrainerConfigNode = targeted(TrainerConfig)
 
 
 @dataclass
+class PathsConfig:
+    """conf/paths/: where data, caches and outputs go (lightning-hydra-template's `paths`)."""
+
+    root_dir: str = MISSING  # the source checkout: conf/, experiments/
+    data_dir: str = MISSING  # prepared token files (data.cache_dir)
+    hf_cache_dir: str | None = None  # the datasets library's download cache; null = its own
+    output_dir: str = MISSING  # run and multirun directories
+
+
+@dataclass
 class RunConfig:
     """The root config: one field per group, plus run-wide settings."""
 
@@ -55,12 +81,112 @@ class RunConfig:
     schedule: dict[str, Any] = field(default_factory=dict)
     trainer: TrainerConfigNode = MISSING
     logger: dict[str, Any] = field(default_factory=dict)
+    paths: PathsConfig = field(default_factory=PathsConfig)
     name: str = "gpt-oss"  # run name prefix; W&B project is the logger's
+
+
+@dataclass
+class InfoConfig:
+    """conf/info.yaml's schema: a model shape and the training plan to size for it."""
+
+    model: ModelConfigNode = MISSING
+    data: DataConfigNode = MISSING  # only its vocabulary: the size a null model.vocab_size follows
+    verify_meta: bool = True  # cross-check the analytic count with a meta-device build
+    gpus: int = ranged(1, "[1, inf)")  # FSDP shards the weights and optimizer state over them
+    batch_size: int = ranged(1, "[1, inf)")  # sequences per GPU per micro-batch
+    seq_len: int = ranged(4096, "[1, inf)")
+    activation_checkpointing: bool = True
+    gpu_memory_gb: float = ranged(80.0, "(0, inf)")  # what the plan is judged against
+
+
+def check(cfg: Container, schema: type = RunConfig) -> None:
+    """Refuse a composed config before anything is built: unknown keys (root ones added with
+    `+` included) with the nearest valid one, and every declared range (gpt_oss.validation).
+    The `hydra` node, when present, is Hydra's own."""
+    node = {
+        key: OmegaConf.to_container(cfg[key], resolve=True) if OmegaConf.is_config(cfg[key]) else cfg[key]
+        for key in cfg
+        if key != "hydra"
+    }
+    check_config(node, schema, extra_keys=root_groups(schema))
+
+
+def root_groups(schema: type) -> tuple[str, ...]:
+    """Config groups valid at the root of `schema`'s configs beside its fields."""
+    return ROOT_GROUPS if issubclass(schema, RunConfig) else ("hydra",)
+
+
+def check_command_line(args: Sequence[str], schema: type, conf_dir: Path = CONF_DIR) -> None:
+    """Before Hydra composes: a key override that names no setting (`model.num_expert=4`) gets
+    the nearest valid key instead of Hydra's advice to force it in with `+`; `+experiment=NAME`
+    gets the right spelling. Only what is certain is refused: group choices, `hydra.*`, keys of
+    open groups that some option of the group has, and runs with a config dir of the user's own
+    are left to Hydra. Raises ConfigError."""
+    parsed = get_args_parser().parse_args(list(args))
+    own_groups = parsed.config_dir is None and parsed.config_path is None
+    for override in OverridesParser.create().parse_overrides(parsed.overrides):
+        key = override.key_or_group
+        if key.startswith("hydra") or "/" in key or override.package is not None:
+            continue
+        if override.type == OverrideType.ADD and key in DEFAULTS_GROUPS and own_groups:
+            typed = override.input_line.lstrip("+")
+            raise ConfigError(
+                f"+{typed} is invalid: {key} is a config group of the root defaults "
+                f"(`{key}: null`); write {typed} without the +"
+            )
+        if override.type == OverrideType.CHANGE and (own_groups or "." in key):
+            _check_key(key.split("."), schema, conf_dir)
+
+
+def _check_key(path: list[str], schema: type, conf_dir: Path) -> None:
+    """Raise ConfigError when `path` names no setting of `schema` (see check_command_line)."""
+    node: Any = schema
+    for depth, name in enumerate(path):
+        prefix = ".".join(path[:depth])
+        if is_dataclass(node):
+            keys = [f.name for f in fields(node)]
+            extra = root_groups(schema) if depth == 0 else ()
+            if name not in keys and name not in extra:
+                raise ConfigError(unknown_key_message(prefix, name, [*keys, *extra]))
+            node = get_type_hints(node).get(name)
+        elif depth == 1 and (conf_dir / prefix).is_dir():  # an open group: optimizer, logger, ...
+            keys = {k for option in (conf_dir / prefix).glob("*.yaml") for k in _yaml_keys(option)}
+            if keys and name not in keys:
+                raise ConfigError(unknown_key_message(prefix, name, keys))
+            return
+        else:
+            return
+
+
+def _yaml_keys(path: Path) -> list[str]:
+    values = OmegaConf.load(path)
+    return [str(k) for k in values if k != "defaults"] if OmegaConf.is_dict(values) else []
+
+
+def checked_command_line(schema: type, conf_dir: Path = CONF_DIR) -> Callable:
+    """Decorate a `@hydra.main` function: run from the command line (no arguments), it first
+    checks sys.argv with check_command_line and exits with status 2 naming the bad key."""
+
+    def wrap(hydra_main: Callable) -> Callable:
+        @functools.wraps(hydra_main)
+        def main(*args: Any, **kwargs: Any) -> Any:
+            if not args and not kwargs:
+                try:
+                    check_command_line(sys.argv[1:], schema, conf_dir)
+                except ConfigError as error:
+                    print(f"ConfigError: {error}", file=sys.stderr, flush=True)
+                    raise SystemExit(2) from error
+            return hydra_main(*args, **kwargs)
+
+        return main
+
+    return wrap
 
 
 def register() -> None:
     """Register the root schema under the name conf/config.yaml lists first."""
     ConfigStore.instance().store(name="run_schema", node=RunConfig)
+    ConfigStore.instance().store(name="info_schema", node=InfoConfig)
 
 
 def layers_resolver(name: str, num_layers: int | None = None, *, _parent_: Container) -> list[str]:
@@ -87,6 +213,8 @@ def repo_dir() -> str:
 OmegaConf.register_new_resolver("layers", layers_resolver, replace=True)
 OmegaConf.register_new_resolver("repo_dir", repo_dir, replace=True)
 OmegaConf.register_new_resolver("gpu_count", gpu_count, replace=True)  # hydra/launcher=gpu_pool
+# conf/paths/default.yaml: $GPT_OSS_DATA_DIR, else <repo>/data (a user cache when installed)
+OmegaConf.register_new_resolver("data_dir", lambda: str(default_cache_dir()), replace=True)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -131,8 +259,10 @@ def vocabulary_setting(data_config: DataConfig) -> str:
     return f"data.vocabulary=compact, data.vocab_size={size}"
 
 
-def build(cfg: DictConfig) -> dict[str, Any]:
-    """Instantiate and validate every config group; no data is read and no model is built."""
+def build(cfg: DictConfig, root: type = RunConfig) -> dict[str, Any]:
+    """Validate every key and value (`check`: declared ranges, unknown keys), then instantiate
+    every group and check across fields; no data is read and no model is built."""
+    check(cfg, root)
     data_config: DataConfig = make(cfg.data, "data")
     model_config = agree_vocabulary(make(cfg.model, "model"), data_config)
     trainer_config = make(cfg.trainer, "trainer")
@@ -146,6 +276,7 @@ def build(cfg: DictConfig) -> dict[str, Any]:
     check_partial(optimizer, "optimizer", "model")
     schedule = make(cfg.schedule, "schedule")
     check_partial(schedule, "schedule", "optimizer")
+    dry_run(optimizer, schedule)
     return {
         "model_config": model_config,
         "trainer_config": trainer_config,
@@ -153,3 +284,40 @@ def build(cfg: DictConfig) -> dict[str, Any]:
         "optimizer": optimizer,
         "schedule": schedule,
     }
+
+
+def dry_run(optimizer: Any, schedule: Any) -> None:
+    """Complete the optimizer and schedule partials on a one-layer stand-in, so a check that
+    only the built objects make (warmup_steps <= total_steps, ...) fails now, not at step 0."""
+    import torch
+
+    from gpt_oss.model.roles import Role
+
+    class StandIn(torch.nn.Linear):
+        PARAMETER_ROLES = {"weight": Role.MATRIX, "bias": Role.BIAS}  # optimizers group by role
+
+    schedule(optimizer(StandIn(2, 2)))
+
+
+class CheckConfigFirst(Callback):
+    """hydra.callbacks in conf/config.yaml: validate (`build`) the composed config before Hydra
+    creates the run directory, its .hydra/ and train.log, so a refused config leaves nothing.
+    A multirun checks its base config; each job is checked again as it starts."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._check(config)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._check(config)
+
+    @staticmethod
+    def _check(config: DictConfig) -> None:
+        from hydra.core.hydra_config import HydraConfig
+
+        HydraConfig.instance().set_config(config)  # for ${hydra:...} in the task's config
+        try:
+            build(config)
+        except (ConfigError, InterpolationResolutionError, DataError) as error:
+            # Hydra turns an exception raised in a callback into a warning: report and exit here
+            print(f"{type(error).__name__}: {error}", file=sys.stderr, flush=True)
+            raise SystemExit(2) from error

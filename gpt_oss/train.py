@@ -218,6 +218,7 @@ def pin_sweep_gpu() -> str | None:
     return gpu
 
 
+@schema.checked_command_line(schema.RunConfig)
 @hydra.main(version_base=None, config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> float:
     pin_sweep_gpu()  # first: CUDA reads CUDA_VISIBLE_DEVICES once, at its first use
@@ -227,7 +228,7 @@ def main(cfg: DictConfig) -> float:
     except (ConfigError, CheckpointError, VocabularyError, InterpolationResolutionError, _data_error()) as error:
         log.error("%s: %s", type(error).__name__, error)
         raise SystemExit(2) from error
-    return summary["best_val_loss"]  # what a sweeper (e.g. Optuna) minimises
+    return summary["best_val_bpb"]  # what a sweeper minimises (conf/hparams_search/optuna.yaml)
 
 
 def _data_error() -> type[Exception]:

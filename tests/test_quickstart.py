@@ -152,7 +152,7 @@ def test_trainer_threads_applies_and_a_negative_count_is_refused_before_any_work
         train(cfg, tmp_path / "run")
         assert torch.get_num_threads() == 1
         cfg.trainer.threads = -1
-        with pytest.raises(ConfigError, match=r"trainer.threads=-1 is invalid: 0 \(auto"):
+        with pytest.raises(ConfigError, match=r"trainer.threads=-1 is invalid"):
             train(cfg, tmp_path / "refused")
         assert not (tmp_path / "refused").exists()
     finally:

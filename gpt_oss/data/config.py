@@ -6,6 +6,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gpt_oss.validation import ConfigError, check_fields, ranged
+
 SOURCES = ("hub", "files", "synthetic")
 FALLBACKS = ("synthetic", "error")
 CHECKSUM_POLICIES = ("auto", "always", "never")
@@ -13,6 +15,10 @@ CHECKSUM_POLICIES = ("auto", "always", "never")
 
 class DataError(ValueError):
     """Bad data input or a damaged cache; the message names the value or file and what is valid."""
+
+
+class DataConfigError(DataError, ConfigError):
+    """A data setting outside its declared range: a DataError and a ConfigError alike."""
 
 
 @dataclass
@@ -31,18 +37,18 @@ class DataConfig:
     train_files: list[str] = field(default_factory=list)
     val_files: list[str] = field(default_factory=list)
     # With no val_files, the LAST val_fraction of the train documents (at least one) is held out.
-    val_fraction: float = 0.01
+    val_fraction: float = ranged(0.01, "[0, 1)")
     # .txt only: None = one document per line; else documents are split on this string
     # ("<|endoftext|>", "\n\n", ...) and stripped of surrounding whitespace.
     separator: str | None = None
     # synthetic source, and the fallback when the hub is unreachable
-    synthetic_train_stories: int = 50000
-    synthetic_val_stories: int = 1000
-    synthetic_seed: int = 0
+    synthetic_train_stories: int = ranged(50000, "[1, inf)")
+    synthetic_val_stories: int = ranged(1000, "[1, inf)")
+    synthetic_seed: int = ranged(0, "[0, 4294967295]")
     # None: $GPT_OSS_DATA_DIR, else <repo root>/data
     cache_dir: str | None = None
     hf_cache_dir: str | None = None  # None: the datasets library's own cache (~/.cache/huggingface)
-    num_proc: int = 0  # tokenizer processes; 0 = all cores
+    num_proc: int = ranged(0, "[0, inf)")  # tokenizer processes; 0 = all cores
     offline_fallback: str = "synthetic"  # "synthetic" | "error" when the hub is unreachable
     verify_checksum: str = "auto"  # "auto" (files <= 2 GiB) | "always" | "never"
     # The model's vocabulary (gpt_oss/model/vocabulary.py): "full" = all 201088 o200k_harmony
@@ -52,7 +58,7 @@ class DataConfig:
     vocabulary: str = "full"
     # compact only: exactly this many ids (the most frequent, padded with unused low-rank ids
     # when the data uses fewer); None = exactly the ids the training split uses
-    vocab_size: int | None = None
+    vocab_size: int | None = ranged(None, "[257, 201088]")  # 256 byte tokens + <|endoftext|> at least
 
     def __post_init__(self) -> None:
         # Hydra hands over ListConfig objects; plain lists keep the config picklable and simple.
@@ -72,17 +78,7 @@ class DataConfig:
                 raise DataError(
                     f"data.{name}={getattr(self, name)!r} is invalid: must be one of {', '.join(valid)}"
                 )
-        for name in ("synthetic_train_stories", "synthetic_val_stories"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise DataError(f"data.{name}={getattr(self, name)!r} is invalid: must be >= 1")
-        if not isinstance(self.num_proc, int) or self.num_proc < 0:
-            raise DataError(
-                f"data.num_proc={self.num_proc!r} is invalid: must be >= 0 (0 = all cores)"
-            )
-        if not 0.0 <= self.val_fraction < 1.0:
-            raise DataError(
-                f"data.val_fraction={self.val_fraction!r} is invalid: must be in [0, 1)"
-            )
+        check_fields(self, "data", DataConfigError)
         if not self.name or "/" in self.name:
             raise DataError(f"data.name={self.name!r} is invalid: must be a non-empty folder name")
         if self.separator == "":

@@ -8,16 +8,14 @@ from typing import Any
 
 import torch
 
+from gpt_oss.validation import ConfigError, check_fields, ranged
+
 LAYER_TYPES = ("sliding_attention", "full_attention")
 ATTN_IMPLS = ("eager", "sdpa", "flex")
 MOE_IMPLS = ("loop", "grouped")
 BALANCING = ("aux_loss", "bias", "none")
 # Fields that choose kernels, not weights or maths: a checkpoint loads or resumes under any.
 IMPLEMENTATION_FIELDS = ("attn_impl", "moe_impl", "loss_chunk_tokens")
-
-
-class ConfigError(ValueError):
-    """A configuration value is out of its valid range; the message names the field."""
 
 
 def resolve_device(name: str, option: str = "device") -> torch.device:
@@ -42,32 +40,33 @@ class ModelConfig:
 
     # None (null in conf/model/*.yaml) = follow the data's vocabulary (data.vocabulary):
     # resolved by the entry point once the data is known; a model is built from an int only.
-    vocab_size: int | None = 201088
-    hidden_size: int = 2880
-    intermediate_size: int = 2880  # width of each expert
-    num_hidden_layers: int = 24
-    num_attention_heads: int = 64
-    num_key_value_heads: int = 8
-    head_dim: int = 64
-    num_experts: int = 32
-    experts_per_token: int = 4
-    sliding_window: int = 128  # a query sees itself and the 127 keys before it
+    vocab_size: int | None = ranged(201088, "[1, inf)")
+    hidden_size: int = ranged(2880, "[1, inf)")
+    intermediate_size: int = ranged(2880, "[1, inf)")  # width of each expert
+    num_hidden_layers: int = ranged(24, "[1, inf)")
+    num_attention_heads: int = ranged(64, "[1, inf)")
+    num_key_value_heads: int = ranged(8, "[1, inf)")
+    head_dim: int = ranged(64, "[1, inf)")
+    num_experts: int = ranged(32, "[1, inf)")
+    experts_per_token: int = ranged(4, "[1, inf)")
+    sliding_window: int = ranged(128, "[1, inf)")  # a query sees itself and the 127 keys before it
     # None = the release's pattern: even layers sliding, odd layers full.
     layer_types: list[str] | None = None
-    max_position_embeddings: int = 131072
-    rope_theta: float = 150000.0
-    # YaRN: the release's names (rope_ntk_beta = beta_fast, rope_ntk_alpha = beta_slow).
-    rope_scaling_factor: float = 32.0
-    rope_ntk_alpha: float = 1.0
-    rope_ntk_beta: float = 32.0
-    initial_context_length: int = 4096
+    max_position_embeddings: int = ranged(131072, "[1, inf)")
+    rope_theta: float = ranged(150000.0, "(0, inf)")
+    # YaRN: the release's names (rope_ntk_beta = beta_fast, rope_ntk_alpha = beta_slow), both
+    # rotation counts, so > 0 (YaRN takes their logarithm). factor 1 = plain RoPE.
+    rope_scaling_factor: float = ranged(32.0, "[1, inf)")
+    rope_ntk_alpha: float = ranged(1.0, "(0, inf)")
+    rope_ntk_beta: float = ranged(32.0, "(0, inf)")
+    initial_context_length: int = ranged(4096, "[1, inf)")
+    swiglu_limit: float = ranged(7.0, "(0, inf)")
+    swiglu_alpha: float = ranged(1.702, "(0, inf)")
+    rms_norm_eps: float = ranged(1e-5, "(0, inf)")
+    initializer_range: float = ranged(0.02, "(0, inf)")  # std of the normal initialisation
     # Round YaRN's ramp ends to whole pairs (transformers' `truncate`; absent there means true).
     # The release trains and writes false.
     rope_truncate: bool = False
-    swiglu_limit: float = 7.0
-    swiglu_alpha: float = 1.702
-    rms_norm_eps: float = 1e-5
-    initializer_range: float = 0.02
     # Variants from the seed, off in the release.
     qk_norm: bool = False
     tie_embeddings: bool = False
@@ -75,13 +74,13 @@ class ModelConfig:
     # Training additions (not in the release). "aux_loss": Switch-style loss with
     # router_aux_loss_coef; "bias": aux-loss-free balancing through a per-expert routing bias.
     balancing: str = "aux_loss"
-    router_aux_loss_coef: float = 0.01
-    router_z_loss_coef: float = 0.001
-    expert_bias_rate: float = 0.001  # step size of the "bias" balancing update
+    router_aux_loss_coef: float = ranged(0.01, "[0, inf)")
+    router_z_loss_coef: float = ranged(0.001, "[0, inf)")
+    expert_bias_rate: float = ranged(0.001, "[0, inf)")  # step size of the "bias" balancing update
     # Implementations: each fast path is tested equal to the plain one ("eager", "loop").
     attn_impl: str = "sdpa"
     moe_impl: str = "grouped"
-    loss_chunk_tokens: int = 4096  # 0 = whole-batch logits (plain path)
+    loss_chunk_tokens: int = ranged(4096, "[0, inf)")  # 0 = whole-batch logits (plain path)
 
     def __post_init__(self) -> None:
         if self.layer_types is None:
@@ -91,16 +90,9 @@ class ModelConfig:
         self.validate()
 
     def validate(self) -> None:
-        """Raise ConfigError naming the first impossible field."""
-        names = "vocab_size " if self.vocab_size is not None else ""
-        for name in (
-            names + "hidden_size intermediate_size num_hidden_layers num_attention_heads "
-            "num_key_value_heads head_dim num_experts experts_per_token sliding_window "
-            "max_position_embeddings initial_context_length"
-        ).split():
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ConfigError(f"model.{name}={value!r} is invalid: must be a positive integer")
+        """Raise ConfigError naming the first impossible field: its declared range, then the
+        checks across fields."""
+        check_fields(self, "model")
         if self.experts_per_token > self.num_experts:
             raise ConfigError(
                 f"model.experts_per_token={self.experts_per_token} is invalid: must be in "
@@ -130,13 +122,8 @@ class ModelConfig:
         ):
             if getattr(self, name) not in valid:
                 raise ConfigError(f"model.{name}={getattr(self, name)!r} is invalid: valid are {valid}")
-        for name in ("rope_theta", "rope_scaling_factor", "rms_norm_eps", "swiglu_limit"):
-            if not getattr(self, name) > 0:
-                raise ConfigError(f"model.{name}={getattr(self, name)!r} is invalid: must be > 0")
         if not isinstance(self.rope_truncate, bool):
             raise ConfigError(f"model.rope_truncate={self.rope_truncate!r} is invalid: must be true or false")
-        if self.loss_chunk_tokens < 0:
-            raise ConfigError(f"model.loss_chunk_tokens={self.loss_chunk_tokens} is invalid: must be >= 0")
 
     def require_vocab_size(self) -> int:
         """vocab_size, or ConfigError when it is still null (to follow data not yet prepared)."""

@@ -99,9 +99,8 @@ class CheckpointError(ValueError):
 
 
 def hf_config(config: ModelConfig, vocabulary: Vocabulary | None = None) -> dict:
-    """config.json for transformers' GptOssForCausalLM (config_from_hf reads it back equal;
-    vocab_size = the model's, compact or full; eos_token_id = <|endoftext|>'s id in that
-    vocabulary)."""
+    """config.json for transformers' GptOssForCausalLM (config_from_hf reads it back equal):
+    vocab_size is the model's, compact or full; eos_token_id is <|endoftext|>'s id in it."""
     if config.qk_norm or config.scale_embeddings:
         raise CheckpointError(
             "Hugging Face GptOss has no qk_norm or scale_embeddings: export needs both false "

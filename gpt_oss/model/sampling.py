@@ -166,6 +166,7 @@ def generate(
 ) -> Generation:
     """Continue each prompt (token ids) by up to max_new_tokens; see the module docstring.
 
+    stop_tokens are model ids: with a compact vocabulary, <|endoftext|> is vocabulary.endoftext_id.
     seed makes sampling reproducible (a generator of its own; the global RNG is untouched).
     on_token(row, token) is called for every kept token as it is produced (streaming).
     """

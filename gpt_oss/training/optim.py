@@ -11,6 +11,7 @@ from torch.optim.lr_scheduler import LambdaLR
 
 from gpt_oss.model.config import ConfigError
 from gpt_oss.model.roles import Role, layer_shape, parameter_roles
+from gpt_oss.validation import ranged_args
 
 # Weight decay: the layers' matrices only, not norms, biases, sinks or (by default) embeddings.
 DECAYED_ROLES = frozenset({Role.MATRIX, Role.EXPERT_MATRIX, Role.ROUTER, Role.HEAD})
@@ -33,6 +34,7 @@ def param_groups(model: nn.Module, weight_decay: float, decay_embeddings: bool =
     ]
 
 
+@ranged_args(lr="(0, inf)", betas="[0, 1)", eps="(0, inf)", weight_decay="[0, inf)")
 def adamw(
     model: nn.Module,
     lr: float = 3e-4,
@@ -135,6 +137,15 @@ class Muon(torch.optim.Optimizer):
         p.addcdiv_(state["exp_avg"], denom, value=-group["lr"] / correction1)
 
 
+@ranged_args(
+    lr="(0, inf)",
+    momentum="[0, 1)",
+    ns_steps="[1, inf)",
+    adamw_lr="(0, inf)",
+    adamw_betas="[0, 1)",
+    eps="(0, inf)",
+    weight_decay="[0, inf)",
+)
 def muon(
     model: nn.Module,
     lr: float = 0.02,
@@ -157,18 +168,21 @@ def muon(
 
 
 def warmup_length(total_steps: int, warmup_steps: int | None, warmup_fraction: float) -> int:
-    """Warmup in steps: warmup_steps when given, else warmup_fraction of the run."""
-    if total_steps < 1:
-        raise ConfigError(f"schedule.total_steps={total_steps} is invalid: must be >= 1")
+    """Warmup in steps: warmup_steps when given, else warmup_fraction of the run (the ranges of
+    each are declared on the schedules below)."""
     if warmup_steps is None:
-        if not 0.0 <= warmup_fraction <= 1.0:
-            raise ConfigError(f"schedule.warmup_fraction={warmup_fraction} is invalid: must be in [0, 1]")
         return int(warmup_fraction * total_steps)
-    if warmup_steps < 0:
-        raise ConfigError(f"schedule.warmup_steps={warmup_steps} is invalid: must be >= 0 (or null)")
+    if warmup_steps > total_steps:
+        raise ConfigError(
+            f"schedule.warmup_steps={warmup_steps} is invalid: must be <= total_steps={total_steps}"
+        )
     return warmup_steps
 
 
+SCHEDULE_RANGES = dict(total_steps="[1, inf)", warmup_steps="[0, inf)", warmup_fraction="[0, 1]")
+
+
+@ranged_args(**SCHEDULE_RANGES, min_lr_ratio="[0, 1]")
 def warmup_cosine(
     optimizer: torch.optim.Optimizer,
     total_steps: int,
@@ -188,6 +202,7 @@ def warmup_cosine(
     return LambdaLR(optimizer, factor)
 
 
+@ranged_args(**SCHEDULE_RANGES)
 def constant(
     optimizer: torch.optim.Optimizer,
     total_steps: int,
@@ -199,6 +214,7 @@ def constant(
     return LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0)
 
 
+@ranged_args(**SCHEDULE_RANGES, decay_fraction="[0, 1]", min_lr_ratio="[0, 1]")
 def warmup_stable_decay(
     optimizer: torch.optim.Optimizer,
     total_steps: int,
@@ -209,8 +225,6 @@ def warmup_stable_decay(
 ) -> LambdaLR:
     """WSD: warmup, a long constant stage, then a linear decay over the last decay_fraction."""
     warmup_steps = warmup_length(total_steps, warmup_steps, warmup_fraction)
-    if not 0.0 <= decay_fraction <= 1.0:
-        raise ConfigError(f"schedule.decay_fraction={decay_fraction} is invalid: must be in [0, 1]")
     decay_start = total_steps - int(decay_fraction * total_steps)
 
     def factor(step: int) -> float:

@@ -25,6 +25,7 @@ from gpt_oss.model.vocabulary import Vocabulary
 from gpt_oss.studies.plots import plot_losses
 from gpt_oss.training.checkpoint import checkpoint_vocabulary, read_checkpoint, save_checkpoint
 from gpt_oss.training.cpu_preview import CpuPreview, Heartbeat, first_step_report, preview_cpu_run
+from gpt_oss.training.debugging import RepeatedBatches, StepProfiler
 from gpt_oss.training.distributed import (
     PARALLEL_MODES,
     checkpoint_blocks,
@@ -44,6 +45,7 @@ from gpt_oss.training.distributed import (
 from gpt_oss.training.metrics import bits_per_byte, flops_per_token, peak_flops
 from gpt_oss.training.runtime import keep_freed_memory, set_device_threads
 from gpt_oss.training.tracking import MetricsFile, NullLogger, read_metrics
+from gpt_oss.validation import check_fields, ranged
 
 log = logging.getLogger(__name__)
 
@@ -54,52 +56,39 @@ NAN_POLICIES = ("error", "skip")
 class TrainerConfig:
     """How to train. batch_size is the global batch in sequences (all accumulation and ranks)."""
 
-    max_steps: int = 2000
-    batch_size: int = 16
-    grad_accum: int = 1
-    seq_len: int = 512
-    eval_every: int = 200
-    eval_batches: int = 20  # validation windows per evaluation, in micro-batches
-    checkpoint_every: int = 500
-    log_every: int = 10
+    max_steps: int = ranged(2000, "[1, inf)")
+    batch_size: int = ranged(16, "[1, inf)")
+    grad_accum: int = ranged(1, "[1, inf)")
+    seq_len: int = ranged(512, "[1, inf)")
+    eval_every: int = ranged(200, "[1, inf)")
+    eval_batches: int = ranged(20, "[1, inf)")  # validation windows per evaluation, in micro-batches
+    checkpoint_every: int = ranged(500, "[1, inf)")
+    log_every: int = ranged(10, "[1, inf)")
     resume: str | None = (
         None  # a run dir, a checkpoint file, or "auto" (this run dir if it has one)
     )
     device: str = "auto"  # auto = cuda when present, else cpu
     precision: str = "auto"  # auto = bf16 autocast on GPU, float32 on CPU
     compile: bool = False  # torch.compile each block and the chunked loss's softmax
-    seed: int = 1337
-    grad_clip: float = 1.0  # 0 disables clipping
+    seed: int = ranged(1337, "[0, 4294967295]")  # numpy takes seeds below 2**32
+    grad_clip: float = ranged(1.0, "[0, inf)")  # 0 disables clipping
     nan_policy: str = "error"  # error: stop, keep the last good checkpoint; skip: drop the step
-    max_skipped_steps: int = 10
+    max_skipped_steps: int = ranged(10, "[0, inf)")
     parallel: str = "none"  # none | ddp | fsdp (launch with torchrun or SLURM, one process per GPU)
     activation_checkpointing: bool = False  # recompute each block in backward: memory for time
     meta_init: bool = False  # fsdp: build on the meta device, initialise only this rank's shards
     progress: bool = True
-    threads: int = 0  # CPU runs: intra-op threads; 0 = the cores free of other work (runtime.py)
+    # conf/debug/: train on the first N batches only, over and over (0 = off); profile the
+    # first N steps with torch.profiler into <run dir>/profile/ (0 = off)
+    overfit_batches: int = ranged(0, "[0, inf)")
+    profile_steps: int = ranged(0, "[0, inf)")
+    # CPU runs: intra-op threads; 0 = the cores free of other work (training/runtime.py)
+    threads: int = ranged(0, "[0, inf)")
 
     def validate(self, world_size: int = 1) -> None:
-        """Raise ConfigError naming the first impossible field."""
-        for name in (
-            "max_steps",
-            "batch_size",
-            "grad_accum",
-            "seq_len",
-            "eval_every",
-            "eval_batches",
-            "checkpoint_every",
-            "log_every",
-        ):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ConfigError(
-                    f"trainer.{name}={value!r} is invalid: must be a positive integer"
-                )
-        if isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 0:
-            raise ConfigError(
-                f"trainer.threads={self.threads!r} is invalid: 0 (auto: the cores free of other "
-                "work) or a positive thread count"
-            )
+        """Raise ConfigError naming the first impossible field: its declared range, then the
+        checks across fields."""
+        check_fields(self, "trainer")
         if self.batch_size % (self.grad_accum * world_size):
             raise ConfigError(
                 f"trainer.batch_size={self.batch_size} is invalid: must be a multiple of "
@@ -225,6 +214,8 @@ class Trainer:
             rank=self.world.rank,
             world_size=self.world.size,
         )
+        if config.overfit_batches:
+            self.train_loader = RepeatedBatches(self.train_loader, config.overfit_batches)
         self.val_loader = ValLoader(
             data.val.tokens,
             micro,
@@ -262,6 +253,8 @@ class Trainer:
             mininterval=1.0,
             dynamic_ncols=True,
         )
+        profile_steps = self.config.profile_steps if self.world.is_main else 0
+        profiler = StepProfiler(profile_steps, self.run_dir / "profile", self.device)
         while self.step < self.config.max_steps:
             if preview is not None:  # a sign of life while the (maybe minutes-long) step 1 runs
                 with Heartbeat(first_step_report(bar, preview.step_s)):
@@ -270,6 +263,7 @@ class Trainer:
             else:
                 stats = self.train_step()
             self._note_expert_counts(stats.expert_counts)
+            profiler.step()
             self.step += 1
             self.tokens_seen += self.config.batch_size * self.config.seq_len
             bar.update(1)
@@ -278,6 +272,7 @@ class Trainer:
             if self._maybe_evaluate_and_save():  # tokens/s counts training time only
                 last_log = (time.perf_counter(), self.step)
         bar.close()
+        profiler.close()
         summary = self._summary(time.perf_counter() - started)
         self.logger.summary(summary)
         self.logger.finish()
@@ -553,6 +548,7 @@ class Trainer:
             "seconds": seconds,
             "eval_seconds": self.eval_seconds,  # validation's part of `seconds`
             "best_val_loss": min((r["loss"] for r in val), default=math.nan),
+            "best_val_bpb": min((r["bpb"] for r in val), default=math.nan),
             "final_val_loss": val[-1]["loss"] if val else math.nan,
             "final_val_bpb": val[-1]["bpb"] if val else math.nan,
             "final_train_loss": train[-1]["loss"] if train else math.nan,

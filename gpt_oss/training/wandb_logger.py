@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 
 from gpt_oss.model.config import ConfigError
 from gpt_oss.training.tracking import NullLogger, flatten
+from gpt_oss.validation import ranged_args
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +98,7 @@ def checkpoints_to_prune(logged: list[tuple[str, int]], keep: int) -> list[int]:
     return [i for i in range(len(logged)) if i not in newest and i != best]
 
 
+@ranged_args(init_timeout="(0, inf)", probe_timeout="(0, inf)", checkpoint_keep="[1, inf)")
 class WandbLogger(NullLogger):
     """`logger=wandb`. Never fatal: a failed call is a warning and the next call is tried again.
 
