@@ -111,7 +111,7 @@ def test_each_reported_value_fails_naming_field_value_and_range_before_any_data(
         (["optimizer=muon", "optimizer.ns_steps=0"], "optimizer.ns_steps=0 is invalid: must be an integer in [1, inf)"),
         (["optimizer=muon", "optimizer.momentum=-0.5"], "optimizer.momentum=-0.5 is invalid: must be a number in [0, 1)"),
         (["optimizer=muon", "optimizer.adamw_betas=[0.9,1.5]"], "optimizer.adamw_betas=[0.9, 1.5] is invalid"),
-        (["schedule.warmup_steps=500"], "schedule.warmup_steps=500 is invalid: must be <= total_steps=300"),
+        (["trainer.max_steps=300", "schedule.warmup_steps=500"], "schedule.warmup_steps=500 is invalid: must be <= total_steps=300"),
     ],
 )
 def test_other_groups_options_fail_the_same_way(tmp_path, overrides, message):
