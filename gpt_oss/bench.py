@@ -299,7 +299,11 @@ def measure_hf(spec: dict[str, Any]) -> dict[str, Any]:
         attentions = ["flex_attention", "eager"] if device.type == "cuda" else ["eager"]
     dtype = autocast_dtype(spec["precision"])
     tokens = RandomTokens(
-        model_config.vocab_size, trainer_config.batch_size, trainer_config.seq_len, bench.seed, device
+        model_config.vocab_size,
+        trainer_config.batch_size,
+        trainer_config.seq_len,
+        bench.seed,
+        device,
     )
     for attention in attentions:
         step = hf_train_step(

@@ -130,8 +130,16 @@ def run(cfg: DictConfig, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> 
         streaming = cfg.stream and len(prompts) == 1
         results.append(
             _generate_and_print(
-                model, vocabulary, cfg, sampling, stops, texts[batch], prompts[batch], first,
-                streaming, out,
+                model,
+                vocabulary,
+                cfg,
+                sampling,
+                stops,
+                texts[batch],
+                prompts[batch],
+                first,
+                streaming,
+                out,
             )
         )
         err.write(speed_report(results[-1]) + "\n")

@@ -105,7 +105,9 @@ def check(cfg: Container, schema: type = RunConfig) -> None:
     `+` included) with the nearest valid one, and every declared range (gpt_oss.validation).
     The `hydra` node, when present, is Hydra's own."""
     node = {
-        key: OmegaConf.to_container(cfg[key], resolve=True) if OmegaConf.is_config(cfg[key]) else cfg[key]
+        key: OmegaConf.to_container(cfg[key], resolve=True)
+        if OmegaConf.is_config(cfg[key])
+        else cfg[key]
         for key in cfg
         if key != "hydra"
     }
@@ -229,7 +231,9 @@ def check_partial(factory: Any, group: str, first_arg: str) -> None:
         inspect.signature(factory.func).bind(None, **factory.keywords)
     except TypeError as error:
         params = [p for p in inspect.signature(factory.func).parameters if p != first_arg]
-        raise ConfigError(f"{group} config does not fit {factory.func.__name__}: {error}; valid keys: {params}") from error
+        raise ConfigError(
+            f"{group} config does not fit {factory.func.__name__}: {error}; valid keys: {params}"
+        ) from error
 
 
 def make(node: DictConfig, group: str, /, **kwargs: Any) -> Any:

@@ -210,7 +210,12 @@ def test_resuming_with_another_vocabulary_is_refused(trained, story_files, tmp_p
     cfg = compose_config(
         "config",
         # more steps: a resume of a run that already finished trains nothing and says so
-        *run_overrides(files, tmp_path / "cache", f"trainer.resume={trained['run_dir']}", "trainer.max_steps=16"),
+        *run_overrides(
+            files,
+            tmp_path / "cache",
+            f"trainer.resume={trained['run_dir']}",
+            "trainer.max_steps=16",
+        ),
     )
     with pytest.raises(CheckpointError, match="another vocabulary"):
         train(cfg, tmp_path / "run")
@@ -271,7 +276,8 @@ def test_compact_files_are_reused_remapped_when_stale_and_refused_when_damaged(
     metadata["vocabulary"]["o200k_ids"][-2] += 1  # a damaged map
     meta_path.write_text(json.dumps(metadata))
     with pytest.raises(  # the metadata's own checksum (issue 14.2) sees the edit first
-        DataError, match=r"train.json (was edited or is corrupt|: compact vocabulary checksum mismatch).*Delete"
+        DataError,
+        match=r"train.json (was edited or is corrupt|: compact vocabulary checksum mismatch).*Delete",
     ):
         prepare(config, progress=False)
 

@@ -338,7 +338,9 @@ def test_two_rank_shards_consolidate_to_the_one_process_weights(fsdp_run, one_pr
         # Adam divides each gradient by its own RMS: float32 rounding in near-zero gradients
         # (summed in another order over two ranks) can move single weights by up to ~lr per
         # step, so compare whole tensors: the relative error of each must stay tiny.
-        error = (weights[name].float() - tensor.float()).norm() / tensor.float().norm().clamp(min=1e-12)
+        error = (weights[name].float() - tensor.float()).norm() / tensor.float().norm().clamp(
+            min=1e-12
+        )
         assert error < 1e-3, (name, float(error))
     assert all(
         torch.equal(weights[n], expected[n]) for n in expected if n.endswith("selection_bias")

@@ -86,7 +86,11 @@ def make_trainer(
 
 
 def _train_losses(run_dir: Path) -> dict[int, float]:
-    return {r["step"]: r["loss"] for r in read_metrics(run_dir / "metrics.jsonl") if r["split"] == "train"}
+    return {
+        r["step"]: r["loss"]
+        for r in read_metrics(run_dir / "metrics.jsonl")
+        if r["split"] == "train"
+    }
 
 
 # --- the loader interface ---------------------------------------------------------------

@@ -58,7 +58,9 @@ class DataConfig:
     vocabulary: str = "full"
     # compact only: exactly this many ids (the most frequent, padded with unused low-rank ids
     # when the data uses fewer); None = exactly the ids the training split uses
-    vocab_size: int | None = ranged(None, "[257, 201088]")  # 256 byte tokens + <|endoftext|> at least
+    vocab_size: int | None = ranged(
+        None, "[257, 201088]"
+    )  # 256 byte tokens + <|endoftext|> at least
 
     def __post_init__(self) -> None:
         # Hydra hands over ListConfig objects; plain lists keep the config picklable and simple.

@@ -226,9 +226,7 @@ def _synthetic_plan(config: DataConfig) -> _Plan:
             "val": SyntheticDocuments(sizes[1], seed, "val"),
         }
 
-    description = (
-        f"synthetic stories (gpt_oss.data.synthetic, seed {seed}: {sizes[0]} train / {sizes[1]} val)"
-    )
+    description = f"synthetic stories (gpt_oss.data.synthetic, seed {seed}: {sizes[0]} train / {sizes[1]} val)"
     return _Plan(_Source("synthetic", "synthetic", description, identity), open_documents)
 
 
@@ -311,7 +309,11 @@ def _opened(documents: dict[str, Documents]) -> OpenDocuments:
 
 
 def _write_split(
-    directory: Path, split: str, documents: Documents, source: _Source, num_proc: int,
+    directory: Path,
+    split: str,
+    documents: Documents,
+    source: _Source,
+    num_proc: int,
     progress: bool,
 ) -> TokenFile:
     """Tokenize one split into directory/<split>.bin atomically, then write its metadata."""
@@ -322,7 +324,9 @@ def _write_split(
     bin_path.with_suffix(".json").unlink(missing_ok=True)
     tmp = temporary_path(bin_path)
     digest, totals, start = hashlib.sha256(), np.zeros(3, dtype=np.int64), time.perf_counter()
-    bar = tqdm(total=len(documents), unit="doc", desc=f"{source.name}/{split}", disable=not progress)
+    bar = tqdm(
+        total=len(documents), unit="doc", desc=f"{source.name}/{split}", disable=not progress
+    )
     try:
         with open(tmp, "wb") as handle, bar:
             for tokens, num_documents, num_bytes, done in _encode_all(documents, num_proc):
@@ -458,8 +462,7 @@ def _prepare_plan(plan: _Plan, root: Path, config: DataConfig, progress: bool) -
     start = time.perf_counter()
     with _exclusive(directory):
         files = {
-            split: _open_split(directory, split, source, config.verify_checksum)
-            for split in SPLITS
+            split: _open_split(directory, split, source, config.verify_checksum) for split in SPLITS
         }
         missing = tuple(split for split, file in files.items() if file is None)
         if missing:

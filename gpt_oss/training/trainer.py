@@ -75,7 +75,9 @@ class TrainerConfig:
     grad_accum: int = ranged(1, "[1, inf)")
     seq_len: int = ranged(512, "[1, inf)")
     eval_every: int = ranged(200, "[1, inf)")
-    eval_batches: int = ranged(20, "[1, inf)")  # validation windows per evaluation, in micro-batches
+    eval_batches: int = ranged(
+        20, "[1, inf)"
+    )  # validation windows per evaluation, in micro-batches
     checkpoint_every: int = ranged(500, "[1, inf)")
     # Disk: snapshots every checkpoint_every steps kept (last.pt is the newest; older ones are
     # checkpoints/step_N.pt hard links; 0 = none, no resume); best.pt as "weights" (model only:
@@ -414,7 +416,9 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
-        if self.device.type == "cpu":  # once the optimizer state exists: see gpt_oss/training/runtime.py
+        if (
+            self.device.type == "cpu"
+        ):  # once the optimizer state exists: see gpt_oss/training/runtime.py
             keep_freed_memory()
         self.schedule.step()
         self.model.update_selection_bias(counts)
@@ -583,7 +587,9 @@ class Trainer:
             sharded = self.config.parallel != "none"
             path = resolve_resume(self.config.resume, self.run_dir, sharded)
             if path is None:
-                log.info("trainer.resume=auto: no checkpoint in %s yet, starting fresh", self.run_dir)
+                log.info(
+                    "trainer.resume=auto: no checkpoint in %s yet, starting fresh", self.run_dir
+                )
             else:
                 self.restore(path)
         return self.resumed_from

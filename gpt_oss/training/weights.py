@@ -69,9 +69,7 @@ def weights_config(path: str | Path) -> ModelConfig:
 
     path = _existing(path)
     if sharded := _sharded(path):
-        return ModelConfig.from_dict(
-            read_trainer_state(sharded, verify=False)["model_config"]
-        )
+        return ModelConfig.from_dict(read_trainer_state(sharded, verify=False)["model_config"])
     if _is_hf_dir(path):
         return config_from_hf(json.loads((path / "config.json").read_text()))
     payload = read_checkpoint(_checkpoint_file(path), verify=False)  # memory-mapped: no copy
