@@ -295,7 +295,8 @@ def make_loggers(
     for key, entry in node.items():
         if not OmegaConf.is_dict(entry) or "_target_" not in entry:
             raise ConfigError(
-                f"logger.{key}={OmegaConf.to_container(entry) if OmegaConf.is_config(entry) else entry!r} "
+                f"logger.{key}="
+                f"{OmegaConf.to_container(entry) if OmegaConf.is_config(entry) else entry!r} "
                 "is not a logger: `logger` holds one entry per logger, chosen with logger=wandb or "
                 "logger=[wandb,tensorboard,csv]; set a logger's options under its name, e.g. "
                 f"logger.wandb.{key}=..."

@@ -344,8 +344,8 @@ def test_a_signal_stops_after_the_step_writes_last_and_the_printed_command_resum
     signal_workdir, uninterrupted, signum
 ):
     run_dir = signal_workdir / signum.name
-    [proc], logged = freeze_mid_run(lambda: [_train_cli(signal_workdir, run_dir, *SIGNAL_STEPS)], run_dir,
-                                    after_step=2, margin=2, max_steps=10)  # fmt: skip
+    [proc], logged = freeze_mid_run(lambda: [_train_cli(signal_workdir, run_dir, *SIGNAL_STEPS)],
+                                    run_dir, after_step=2, margin=2, max_steps=10)  # fmt: skip
     proc.send_signal(signum)
     proc.send_signal(signal.SIGCONT)
     out, _ = proc.communicate(timeout=300)

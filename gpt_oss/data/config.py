@@ -78,7 +78,8 @@ class DataConfig:
         for name, valid in choices.items():
             if getattr(self, name) not in valid:
                 raise DataError(
-                    f"data.{name}={getattr(self, name)!r} is invalid: must be one of {', '.join(valid)}"
+                    f"data.{name}={getattr(self, name)!r} is invalid: "
+                    f"must be one of {', '.join(valid)}"
                 )
         check_fields(self, "data", DataConfigError)
         if not self.name or "/" in self.name:
@@ -109,7 +110,8 @@ class DataConfig:
 
 
 def default_cache_dir() -> Path:
-    """$GPT_OSS_DATA_DIR, else the project's data/ folder (a user cache for non-editable installs)."""
+    """$GPT_OSS_DATA_DIR, else the project's data/ folder (a user cache for non-editable
+    installs)."""
     if os.environ.get("GPT_OSS_DATA_DIR"):
         return Path(os.environ["GPT_OSS_DATA_DIR"]).expanduser()
     root = Path(__file__).resolve().parents[2]

@@ -226,7 +226,10 @@ def _synthetic_plan(config: DataConfig) -> _Plan:
             "val": SyntheticDocuments(sizes[1], seed, "val"),
         }
 
-    description = f"synthetic stories (gpt_oss.data.synthetic, seed {seed}: {sizes[0]} train / {sizes[1]} val)"
+    description = (
+        f"synthetic stories (gpt_oss.data.synthetic, seed {seed}: "
+        f"{sizes[0]} train / {sizes[1]} val)"
+    )
     return _Plan(_Source("synthetic", "synthetic", description, identity), open_documents)
 
 
@@ -288,7 +291,8 @@ def _hub_source(config: DataConfig) -> _Source:
     }
     subset = f" ({config.hub_name})" if config.hub_name else ""
     description = (
-        f"{config.hub_path}{subset} (Hugging Face hub; splits {config.train_split}/{config.val_split}, "
+        f"{config.hub_path}{subset} (Hugging Face hub; "
+        f"splits {config.train_split}/{config.val_split}, "
         f"field {config.text_field!r})"
     )
     return _Source("hub", config.name, description, identity)
@@ -340,7 +344,8 @@ def _write_split(
             os.fsync(handle.fileno())
         if totals[1] == 0:
             raise DataError(
-                f"empty corpus: the {split} split of {source.description} has no non-empty documents"
+                f"empty corpus: the {split} split of {source.description} "
+                f"has no non-empty documents"
             )
         os.replace(tmp, bin_path)
     finally:
@@ -483,7 +488,8 @@ def _fall_back(config: DataConfig, root: Path, progress: bool, reason: str) -> P
         raise DataError(
             f"{config.hub_path} is not available: {reason}. Without network, point at local files "
             f"(data=text data.train_files=[train.jsonl] data.val_files=[val.jsonl]; .txt, .jsonl, "
-            f".json or .parquet), use the built-in corpus (data=synthetic), or pre-fill the Hugging "
+            f".json or .parquet), use the built-in corpus (data=synthetic), "
+            f"or pre-fill the Hugging "
             f"Face cache on a connected machine."
         )
     log.warning(fallback_message(config, reason))

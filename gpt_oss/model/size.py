@@ -128,7 +128,8 @@ def format_training_plan(
     """The per-GPU training memory table `python -m gpt_oss.info` prints."""
     sharding = f"FSDP over {gpus} GPUs" if gpus > 1 else "one GPU, no sharding"
     lines = [
-        f"training memory per GPU ({sharding}; AdamW, bf16 autocast; {batch_size} x {seq_len} tokens "
+        f"training memory per GPU ({sharding}; AdamW, bf16 autocast; "
+        f"{batch_size} x {seq_len} tokens "
         f"per GPU; activation checkpointing {'on' if activation_checkpointing else 'off'})",
         f"{'':<32}{'GB':>10}{'GiB':>10}",
     ]

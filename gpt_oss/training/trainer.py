@@ -123,7 +123,8 @@ class TrainerConfig:
             )
         if self.checkpoint_best not in CHECKPOINT_BEST:
             raise ConfigError(
-                f"trainer.checkpoint_best={self.checkpoint_best!r} is invalid: valid are {CHECKPOINT_BEST}"
+                f"trainer.checkpoint_best={self.checkpoint_best!r} is invalid: "
+                f"valid are {CHECKPOINT_BEST}"
             )
         if self.nan_policy not in NAN_POLICIES:
             raise ConfigError(
@@ -705,11 +706,14 @@ def format_summary(summary: dict[str, Any]) -> str:
             "=" * 64,
             f"  {done}, {summary['tokens_seen']:,} tokens in {minutes:.1f} min"
             f" ({summary['tokens_per_s']:,.0f} tokens/s at the end)",
-            f"  best val loss {summary['best_val_loss']:.4f}, final val loss {summary['final_val_loss']:.4f}"
-            f" ({summary['final_val_bpb']:.4f} bits/byte); final train loss {summary['final_train_loss']:.4f}",
+            f"  best val loss {summary['best_val_loss']:.4f}, "
+            f"final val loss {summary['final_val_loss']:.4f}"
+            f" ({summary['final_val_bpb']:.4f} bits/byte); "
+            f"final train loss {summary['final_train_loss']:.4f}",
             f"  skipped steps: {summary['skipped_steps']}",
             f"  run dir:     {summary['run_dir']}",
-            f"  checkpoints: {summary['checkpoints']}/{{last,best}}{'/' if summary.get('sharded_checkpoints') else '.pt'}",
+            f"  checkpoints: {summary['checkpoints']}/{{last,best}}"
+            f"{'/' if summary.get('sharded_checkpoints') else '.pt'}",
             f"  loss plot:   {summary['plot']}",
             "=" * 64,
         ]

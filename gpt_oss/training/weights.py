@@ -153,7 +153,8 @@ def _check_shapes(config: ModelConfig, theirs: ModelConfig, source: str) -> None
     with torch.device("meta"):
         ours_state, theirs_state = GptOss(config).state_dict(), GptOss(theirs).state_dict()
     problems = [
-        f"{name}: {tuple(ours_state[name].shape)} in this model, {tuple(theirs_state[name].shape)} there"
+        f"{name}: {tuple(ours_state[name].shape)} in this model, "
+        f"{tuple(theirs_state[name].shape)} there"
         for name in ours_state
         if name in theirs_state and ours_state[name].shape != theirs_state[name].shape
     ]
