@@ -4,7 +4,7 @@ from gpt_oss.model.config import ConfigError, ModelConfig
 from gpt_oss.model.hf import export_hf, import_hf
 from gpt_oss.model.model import GptOss
 from gpt_oss.model.tokenizer import get_tokenizer
-from gpt_oss.training.checkpoint import load_model, load_vocabulary
+from gpt_oss.training.loading import load_model, load_vocabulary
 
 __all__ = [
     "ConfigError",

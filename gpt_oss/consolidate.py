@@ -17,21 +17,16 @@ from pathlib import Path
 
 import torch
 
-from gpt_oss.model.hf import CheckpointError, export_hf
+from gpt_oss.model.hf import export_hf
 from gpt_oss.model.precision import DTYPES
-from gpt_oss.training.checkpoint import checkpoint_vocabulary, save_checkpoint
-from gpt_oss.training.distributed import consolidate, sharded_checkpoint
-
-
-def find_sharded(path: Path) -> Path:
-    """A sharded checkpoint: `path` itself, or a run directory's checkpoints/best (else last)."""
-    for candidate in (path, path / "checkpoints" / "best", path / "checkpoints" / "last"):
-        if found := sharded_checkpoint(candidate):
-            return found
-    raise CheckpointError(
-        f"no sharded checkpoint at {path}: expected a run directory of a trainer.parallel=ddp|fsdp "
-        "run (with checkpoints/best/ or checkpoints/last/) or one of those directories"
-    )
+from gpt_oss.training.checkpoint import (
+    CheckpointError,
+    checkpoint_vocabulary,
+    find_checkpoint,
+    no_checkpoint_message,
+    save_checkpoint,
+)
+from gpt_oss.training.checkpoint_sharded import consolidate
 
 
 def consolidate_checkpoint(
@@ -42,14 +37,23 @@ def consolidate_checkpoint(
 ) -> Path:
     """Write the sharded checkpoint at `path` as one .pt file (and optionally a Hugging Face
     directory); returns the .pt path."""
-    directory = find_sharded(Path(path))
+    directory = find_checkpoint(path, ("best", "last"), sharded=True)
+    if directory is None:
+        raise CheckpointError(
+            no_checkpoint_message(path, ("best", "last"), sharded=True)
+            + " (of a trainer.parallel=ddp|fsdp run)"
+        )
     model, state = consolidate(directory, dtype)
     if out is None:
         out = directory.with_name(directory.name.removesuffix(".old") + ".pt")
     run_config = state.get("run_config")
     vocabulary = checkpoint_vocabulary(state, directory)  # checked before anything is written
     save_checkpoint(
-        out, model, step=state["step"], run_config=run_config, source=str(directory),
+        out,
+        model,
+        step=state["step"],
+        run_config=run_config,
+        source=str(directory),
         vocabulary=state.get("vocabulary"),
     )
     if hf_dir is not None:

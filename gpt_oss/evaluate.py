@@ -27,14 +27,16 @@ from tqdm.auto import tqdm
 
 from gpt_oss.cli import exit_on_input_error
 from gpt_oss.data.tokens import encode_text
+from gpt_oss.files import utf8_error, utf8_message
 from gpt_oss.model.config import ConfigError, resolve_device
 from gpt_oss.model.losses import IGNORE_INDEX, linear_cross_entropy
 from gpt_oss.model.model import GptOss
 from gpt_oss.model.precision import DTYPES, resolve_precision
 from gpt_oss.model.tokenizer import get_tokenizer
 from gpt_oss.model.vocabulary import FullVocabulary, Vocabulary
+from gpt_oss.paths import CONF_DIR
 from gpt_oss.schema import check, checked_command_line
-from gpt_oss.training.checkpoint import load_text_vocabulary, load_with_vocabulary
+from gpt_oss.training.loading import load_text_vocabulary, load_with_vocabulary
 from gpt_oss.training.metrics import bits_per_byte
 from gpt_oss.training.runtime import set_device_threads
 from gpt_oss.validation import ranged
@@ -104,12 +106,16 @@ def read_documents(
     field: str = "text",
     max_documents: int | None = None,
 ) -> list[str]:
-    """Documents of a .jsonl file (one {field: text} per line, as gpt_oss.data.sources reads them) or of
-    a text file split at separator (None = one per line), stripped; empty ones are skipped."""
+    """Documents of a .jsonl file (one {field: text} per line, as gpt_oss.data.sources reads them)
+    or of a text file split at separator (None = one per line), stripped; empty ones are
+    skipped."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"text_file={str(path)!r} does not exist")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"text_file: {utf8_message(path, utf8_error(path))}") from error
     if path.suffix == ".jsonl":
         documents = []
         for number, line in enumerate(text.splitlines(), 1):
@@ -258,11 +264,13 @@ def run(cfg: DictConfig) -> Score:
         model, documents, context, stride, cfg.batch_size, vocabulary, cfg.progress, autocast
     )
     print(
-        f"{cfg.checkpoint} on {cfg.text_file}: {score.documents} documents, {score.tokens:,} tokens, "
+        f"{cfg.checkpoint} on {cfg.text_file}: "
+        f"{score.documents} documents, {score.tokens:,} tokens, "
         f"{score.bytes:,} bytes (context {context}, stride {stride})"
     )
     print(
-        f"loss {score.loss:.4f} | perplexity {score.perplexity:.3f} | bits per byte {score.bits_per_byte:.4f}"
+        f"loss {score.loss:.4f} | perplexity {score.perplexity:.3f} | "
+        f"bits per byte {score.bits_per_byte:.4f}"
     )
     if cfg.output:
         Path(cfg.output).write_text(
@@ -272,7 +280,7 @@ def run(cfg: DictConfig) -> Score:
 
 
 @checked_command_line(EvaluateConfig)
-@hydra.main(version_base=None, config_path="../conf", config_name="evaluate")
+@hydra.main(version_base=None, config_path=CONF_DIR, config_name="evaluate")
 def main(cfg: DictConfig) -> None:
     exit_on_input_error(run, cfg)
 

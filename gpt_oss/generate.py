@@ -21,6 +21,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig
 
 from gpt_oss.cli import exit_on_input_error
+from gpt_oss.files import utf8_error, utf8_message
 from gpt_oss.model.config import ConfigError, resolve_device
 from gpt_oss.model.model import GptOss
 from gpt_oss.model.precision import DTYPES, resolve_precision
@@ -32,8 +33,9 @@ from gpt_oss.model.sampling import (
     generate,
 )
 from gpt_oss.model.vocabulary import FullVocabulary, Vocabulary, VocabularyError
+from gpt_oss.paths import CONF_DIR
 from gpt_oss.schema import check, checked_command_line
-from gpt_oss.training.checkpoint import load_text_vocabulary, load_with_vocabulary
+from gpt_oss.training.loading import load_text_vocabulary, load_with_vocabulary
 from gpt_oss.training.runtime import set_device_threads
 from gpt_oss.validation import ranged
 
@@ -68,7 +70,11 @@ def read_prompts(path: str | Path) -> list[str]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"prompts_file={str(path)!r} does not exist")
-    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"prompts_file: {utf8_message(path, utf8_error(path))}") from error
+    lines = [line for line in text.splitlines() if line.strip()]
     if path.suffix != ".jsonl":
         return lines
     prompts = []
@@ -127,8 +133,16 @@ def run(cfg: DictConfig, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> 
         streaming = cfg.stream and len(prompts) == 1
         results.append(
             _generate_and_print(
-                model, vocabulary, cfg, sampling, stops, texts[batch], prompts[batch], first,
-                streaming, out,
+                model,
+                vocabulary,
+                cfg,
+                sampling,
+                stops,
+                texts[batch],
+                prompts[batch],
+                first,
+                streaming,
+                out,
             )
         )
         err.write(speed_report(results[-1]) + "\n")
@@ -186,7 +200,7 @@ def speed_report(result: Generation) -> str:
 
 
 @checked_command_line(GenerateConfig)
-@hydra.main(version_base=None, config_path="../conf", config_name="generate")
+@hydra.main(version_base=None, config_path=CONF_DIR, config_name="generate")
 def main(cfg: DictConfig) -> None:
     exit_on_input_error(run, cfg)
 

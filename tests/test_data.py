@@ -402,7 +402,8 @@ def test_unreachable_hub_with_fallback_error_names_the_alternatives(tmp_path, of
 
 
 def fill_hf_cache(hf_cache: Path, train: Path, validation: Path) -> None:
-    """Lay out a dataset in the HF cache the way load_dataset("roneneldan/TinyStories") leaves it."""
+    """Lay out a dataset in the HF cache the way load_dataset("roneneldan/TinyStories") leaves
+    it."""
     import datasets
 
     build = hf_cache.parent / "hf-build"
@@ -562,3 +563,29 @@ def test_the_command_prepares_and_prints_a_summary(tmp_path):
                             env=os.environ | {"TQDM_DISABLE": "1"})  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert "200 docs" in result.stdout and f"location:  {tmp_path / 'cache'}" in result.stdout
+
+
+def _not_utf8(path: Path) -> tuple[Path, int]:
+    """A .jsonl or .txt file whose 31st line holds a Latin-1 byte; returns it and that offset."""
+    lines = [json.dumps({"text": f"Story {i} about a cat."}).encode() for i in range(40)]
+    lines[30] = b'{"text": "A caf\xe9 story."}' if path.suffix == ".jsonl" else b"A caf\xe9 story."
+    if path.suffix == ".txt":
+        lines = [b"Story %d about a cat." % i if i != 30 else line for i, line in enumerate(lines)]
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    return path, path.read_bytes().index(b"\xe9")
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".txt"])
+def test_a_file_that_is_not_utf8_is_named_with_the_offset_of_its_first_bad_byte(tmp_path, suffix):
+    from gpt_oss.evaluate import read_documents
+    from gpt_oss.generate import read_prompts
+    from gpt_oss.model.config import ConfigError
+
+    path, offset = _not_utf8(tmp_path / f"stories{suffix}")
+    expected = f"{path} is not UTF-8 text: byte 0xe9 at offset {offset} \\(line 31\\)"
+    with pytest.raises(DataError, match=expected):
+        prepare(files_config(tmp_path, [path]), progress=False)
+    with pytest.raises(ConfigError, match=expected):
+        read_documents(path)
+    with pytest.raises(ConfigError, match=expected):
+        read_prompts(path)

@@ -23,12 +23,8 @@ from gpt_oss.model.vocabulary import (
     count_tokens,
     vocabulary_from_dict,
 )
-from gpt_oss.training.checkpoint import (
-    load_text_vocabulary,
-    load_vocabulary,
-    load_with_vocabulary,
-    save_checkpoint,
-)
+from gpt_oss.training.checkpoint import save_checkpoint
+from gpt_oss.training.loading import load_text_vocabulary, load_vocabulary, load_with_vocabulary
 
 SAMPLE = tinystories_sample_path()
 needs_sample = pytest.mark.skipif(

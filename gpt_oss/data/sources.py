@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 from gpt_oss.data.config import DataConfig, DataError
 from gpt_oss.data.synthetic import generate_stories
+from gpt_oss.files import utf8_error, utf8_message
 
 FILE_KINDS = {
     ".txt": "text",
@@ -168,6 +169,15 @@ def file_identity(path: Path) -> list[Any]:
 
 
 def load_file(path: Path, config: DataConfig, hf_cache: Path) -> Documents:
+    """One input file through `datasets`; a text or JSON file that is not UTF-8 is a DataError
+    naming the file and the first bad byte's offset (datasets' errors name neither, and for
+    JSON come only when the text is read). Checked only when preparing."""
+    if FILE_KINDS[path.suffix.lower()] != "parquet" and (where := utf8_error(path)):
+        raise DataError(utf8_message(path, where))
+    return _load_with_datasets(path, config, hf_cache)
+
+
+def _load_with_datasets(path: Path, config: DataConfig, hf_cache: Path) -> Documents:
     """One input file through `datasets` (text / json / parquet builders)."""
     import datasets
 
@@ -203,7 +213,8 @@ def check_text_column(dataset: Any, text_field: str, where: str) -> Any:
     feature = dataset.features.get(text_field)
     if feature is None:
         raise DataError(
-            f"{where} has no field {text_field!r} (data.text_field); its fields are {list(dataset.features)}"
+            f"{where} has no field {text_field!r} (data.text_field); "
+            f"its fields are {list(dataset.features)}"
         )
     if getattr(feature, "dtype", None) not in ("string", "large_string"):
         raise DataError(f"{where}: field {text_field!r} holds {feature}, not text")
@@ -214,7 +225,8 @@ def hold_out(documents: Documents, fraction: float, files: list[str]) -> dict[st
     """The last `fraction` of the documents (at least one) become the validation split."""
     if fraction <= 0:
         raise DataError(
-            "data.val_files is empty and data.val_fraction=0: give validation files or a fraction > 0"
+            "data.val_files is empty and data.val_fraction=0: "
+            "give validation files or a fraction > 0"
         )
     held = max(1, round(len(documents) * fraction))
     if len(documents) - held < 1:

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from gpt_oss.data.config import DataError
+from gpt_oss.files import temporary_path
 from gpt_oss.model.tokenizer import ENDOFTEXT_ID, get_tokenizer
 
 FORMAT = "gpt-oss-lab/tokens/1"
@@ -57,6 +58,34 @@ def read_metadata(bin_path: Path) -> dict[str, Any] | None:
     return metadata
 
 
+def metadata_checksum(metadata: dict[str, Any]) -> str:
+    """sha256 of the metadata's other fields (canonical JSON), stored as metadata_sha256: an
+    edited count (num_bytes changes bits per byte) is refused like a damaged .bin."""
+    fields = {k: v for k, v in metadata.items() if k != "metadata_sha256"}
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
+
+
+def write_metadata(bin_path: Path, metadata: dict[str, Any]) -> None:
+    """Write `<split>.json` beside a .bin atomically, with its metadata_sha256 added: every
+    token file's metadata is written here, so every one is covered."""
+    metadata = metadata | {"metadata_sha256": metadata_checksum(metadata)}
+    atomic_write_text(bin_path.with_suffix(".json"), json.dumps(metadata, indent=2) + "\n")
+
+
+def _check_metadata(bin_path: Path, metadata: dict[str, Any]) -> None:
+    meta_path = bin_path.with_suffix(".json")
+    if "metadata_sha256" not in metadata:
+        raise DataError(
+            f"{meta_path} has no metadata_sha256 (written by an older gpt-oss-lab): delete "
+            f"{bin_path.parent} to prepare again"
+        )
+    if metadata["metadata_sha256"] != metadata_checksum(metadata):
+        raise DataError(
+            f"{meta_path} was edited or is corrupt: its fields no longer match its "
+            f"metadata_sha256. Delete {bin_path.parent} to prepare again."
+        )
+
+
 @dataclass
 class TokenFile:
     """One split's tokens: a read-only uint32 memmap plus the metadata that describes it."""
@@ -67,13 +96,15 @@ class TokenFile:
 
     @classmethod
     def open(cls, path: str | Path, verify_checksum: str = "auto") -> TokenFile:
-        """Open a prepared .bin; DataError naming the file when it is missing, truncated or corrupt."""
+        """Open a prepared .bin; DataError naming the file when it is missing, truncated or
+        corrupt."""
         path = Path(path)
         metadata = read_metadata(path)
         if metadata is None:
             raise DataError(
                 f"{path.with_suffix('.json')} does not exist: {path} was never fully prepared"
             )
+        _check_metadata(path, metadata)
         expected = int(metadata["num_tokens"]) * 4
         if not path.is_file():
             raise DataError(f"{path} is missing although {path.with_suffix('.json')} describes it")
@@ -81,11 +112,13 @@ class TokenFile:
         if size != expected:
             raise DataError(
                 f"{path} is truncated or corrupt: {size} bytes, but its metadata says "
-                f"{metadata['num_tokens']} tokens = {expected} bytes. Delete {path.parent} to prepare again."
+                f"{metadata['num_tokens']} tokens = {expected} bytes. "
+                f"Delete {path.parent} to prepare again."
             )
         if _should_verify(verify_checksum, size) and sha256_file(path) != metadata["sha256"]:
             raise DataError(
-                f"{path} is corrupt: its sha256 differs from the one in {path.with_suffix('.json')}. "
+                f"{path} is corrupt: its sha256 differs from the one in "
+                f"{path.with_suffix('.json')}. "
                 f"Delete {path.parent} to prepare again."
             )
         return cls(path, metadata, np.memmap(path, dtype=TOKEN_DTYPE, mode="r"))
@@ -157,7 +190,7 @@ def fsync_directory(directory: Path) -> None:
 
 def atomic_write_text(path: Path, text: str) -> None:
     """Write `text` to `path` atomically: a temporary file, fsync, then rename over `path`."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = temporary_path(path)
     try:
         with open(tmp, "w") as handle:
             handle.write(text)

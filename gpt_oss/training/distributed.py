@@ -1,16 +1,11 @@
-"""Training on several processes: joining them, wrapping the model (DDP or FSDP2), activation
-checkpointing, and sharded checkpoints (torch.distributed.checkpoint) with their consolidation
-into one file. Rank 0 preparing the data for all ranks is data.prepare.prepare_data.
+"""Training on several processes: joining them, wrapping the model (DDP or FSDP2) and activation
+checkpointing. Sharded checkpoints are training.checkpoint_sharded's; rank 0 preparing the data
+for all ranks is data.prepare.prepare_data.
 
 Processes come from torchrun (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT) or from
 SLURM (SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID, the first host of SLURM_JOB_NODELIST), one per
 GPU; rank r trains on cuda:LOCAL_RANK with NCCL, or on the CPU with gloo. With
 `trainer.parallel=none` nothing here does anything, so single-process runs are unchanged.
-
-A sharded checkpoint is a directory (`checkpoints/last/`): DCP's files (every rank writes its
-shards, `.metadata` names them) plus `trainer.pt`, rank 0's training state in our checkpoint
-format (step, schedule, RNG, data position, ...). It is written under `last.tmp/` and renamed
-into place, so a run killed mid-save keeps its previous checkpoint.
 """
 
 from __future__ import annotations
@@ -20,11 +15,8 @@ import functools
 import inspect
 import os
 import re
-import shutil
-import warnings
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -32,13 +24,10 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from gpt_oss.model.config import ConfigError, ModelConfig
-from gpt_oss.model.hf import CheckpointError, build_with_state
+from gpt_oss.model.config import ConfigError
 from gpt_oss.model.model import GptOss, LossOutput, yarn_inverse_frequencies
-from gpt_oss.training.checkpoint import FORMAT, atomic_save, read_checkpoint
 
 PARALLEL_MODES = ("none", "ddp", "fsdp")
-TRAINER_STATE = "trainer.pt"  # rank 0's non-tensor training state inside a sharded checkpoint
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], LossOutput]
 
@@ -175,6 +164,13 @@ def sum_over_ranks_(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def max_over_ranks_(tensor: torch.Tensor) -> torch.Tensor:
+    """In place: the maximum over ranks."""
+    if is_distributed() and dist.get_world_size() > 1:
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return tensor
+
+
 def sum_floats(values: tuple[float, ...], device: torch.device) -> tuple[float, ...]:
     """Python numbers summed over ranks in float64 (returned unchanged in one process)."""
     if not is_distributed() or dist.get_world_size() == 1:
@@ -284,90 +280,3 @@ def grad_sync(loss_fn: LossFn, enabled: bool) -> contextlib.AbstractContextManag
     if enabled or not isinstance(loss_fn, nn.parallel.DistributedDataParallel):
         return contextlib.nullcontext()
     return loss_fn.no_sync()
-
-
-# ----------------------------------------------------------------------------------------------
-# Sharded checkpoints
-
-
-def save_sharded(
-    directory: Path, model: GptOss, optimizer: torch.optim.Optimizer, state: dict[str, Any]
-) -> Path:
-    """Every rank writes its shards of model and optimizer (DCP); rank 0 adds the training
-    state, then renames the finished checkpoint over the previous one. Collective."""
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import get_state_dict
-
-    directory = Path(directory)
-    partial = directory.with_name(f"{directory.name}.tmp")
-    if dist.get_rank() == 0:
-        shutil.rmtree(partial, ignore_errors=True)
-    dist.barrier()
-    model_state, optimizer_state = get_state_dict(model, optimizer)
-    dcp.save({"model": model_state, "optimizer": optimizer_state}, checkpoint_id=partial)
-    if dist.get_rank() == 0:
-        payload = {"format": FORMAT, "model_config": model.config.to_dict(), **state}
-        atomic_save(payload, partial / TRAINER_STATE)
-        _replace_directory(partial, directory)
-    dist.barrier()
-    return directory
-
-
-def _replace_directory(new: Path, target: Path) -> None:
-    """new -> target; the old target lives on as target.old until the rename is done."""
-    old = target.with_name(f"{target.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    if target.exists():
-        os.replace(target, old)
-    os.replace(new, target)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def sharded_checkpoint(path: Path) -> Path | None:
-    """The complete sharded checkpoint at `path` (or its .old twin, when a save was cut off
-    between its two renames); None when there is none."""
-    path = Path(path)
-    for candidate in (path, path.with_name(f"{path.name}.old")):
-        if (candidate / TRAINER_STATE).is_file():
-            return candidate
-    return None
-
-
-def read_trainer_state(directory: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """The training state (step, schedule, RNG, data position, model config) of a checkpoint."""
-    return read_checkpoint(Path(directory) / TRAINER_STATE, map_location=map_location)
-
-
-def load_sharded(directory: Path, model: GptOss, optimizer: torch.optim.Optimizer) -> None:
-    """Load model and optimizer shards in place, whatever the number of ranks that saved them."""
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
-
-    model_state, optimizer_state = get_state_dict(model, optimizer)
-    state = {"model": model_state, "optimizer": optimizer_state}
-    dcp.load(state, checkpoint_id=directory)
-    set_state_dict(
-        model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"]
-    )
-
-
-def consolidate(directory: Path, dtype: torch.dtype | None = None) -> tuple[GptOss, dict[str, Any]]:
-    """One process, no process group: the whole model of a sharded checkpoint (on the CPU),
-    and its training state."""
-    import torch.distributed.checkpoint as dcp
-
-    found = sharded_checkpoint(directory)
-    if found is None:
-        raise CheckpointError(f"{directory} is not a sharded checkpoint: it has no {TRAINER_STATE}")
-    state = read_trainer_state(found)
-    config = ModelConfig.from_dict(state["model_config"])
-    with torch.device("meta"):
-        shapes = GptOss(config).state_dict()
-    tensors = {
-        name: torch.empty(t.shape, dtype=dtype if dtype and t.is_floating_point() else t.dtype)
-        for name, t in shapes.items()
-    }
-    with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
-        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
-        dcp.load({"model": tensors}, checkpoint_id=found, no_dist=not is_distributed())
-    return build_with_state(config, tensors, "cpu").eval(), state
