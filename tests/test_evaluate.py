@@ -152,7 +152,9 @@ def test_cli_reports_loss_perplexity_and_bits_per_byte(model, tmp_path):
     text_file = tmp_path / "held_out.jsonl"
     text_file.write_text("\n".join(json.dumps({"text": d}) for d in DOCUMENTS))
     cfg = compose_evaluate(  # float32 like the reference below (auto is bf16 on AMX CPUs)
-        f"checkpoint={checkpoint}", f"text_file={text_file}", f"output={tmp_path / 'r.json'}",
+        f"checkpoint={checkpoint}",
+        f"text_file={text_file}",
+        f"output={tmp_path / 'r.json'}",
         "dtype=fp32",
     )
     printed = io.StringIO()
