@@ -54,7 +54,11 @@ def report(cfg: DictConfig) -> None:
             f"{config.max_position_embeddings}"
         )
     counts = parameter_counts(config)
-    name = HydraConfig.get().runtime.choices.get("model", "model") if HydraConfig.initialized() else "model"
+    name = (
+        HydraConfig.get().runtime.choices.get("model", "model")
+        if HydraConfig.initialized()
+        else "model"
+    )
     print(format_report(name, config, counts))
     plan_args = (cfg.gpus, cfg.batch_size, cfg.seq_len, cfg.activation_checkpointing)
     plan = training_memory(config, *plan_args)

@@ -468,7 +468,9 @@ def test_a_briefly_trained_model_continues_with_words_of_its_corpus(tmp_path):
 
 def known_share(words: list[str], pairs: set[tuple[str, str]]) -> float:
     """The share of consecutive word pairs that occur in the corpus."""
-    return sum(pair in pairs for pair in zip(words, words[1:], strict=False)) / max(len(words) - 1, 1)
+    return sum(pair in pairs for pair in zip(words, words[1:], strict=False)) / max(
+        len(words) - 1, 1
+    )
 
 
 def test_a_token_that_is_not_one_token_is_named_as_start_or_stop():
