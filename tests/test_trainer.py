@@ -15,7 +15,6 @@ from typing import Any
 import pytest
 import torch
 
-from gpt_oss.model.model import GptOss
 from gpt_oss.training.checkpoint import read_checkpoint
 from gpt_oss.training.optim import adamw, constant
 from gpt_oss.training.signals import StopRequest, exit_status
@@ -137,15 +136,16 @@ def test_a_loader_giving_another_batch_shape_is_refused_naming_both(make_model, 
 # --- divergence: nothing non-finite is applied or written ---------------------------------
 
 
-def _nan_gradient_at(step: int, model: GptOss) -> None:
-    """From now on, the router's gradient of micro-batch 2 * step is NaN (the loss stays finite)."""
-    calls = {"backward": 0}
+def _nan_gradient_at(step: int, trainer: Trainer) -> None:
+    """The router's gradient is NaN in the backward of the second micro-batch of `step`, told
+    by the batches the loader has served (a backward outside the steps, such as the CPU cost
+    preview's, never is); the loss stays finite."""
+    loader = trainer.train_loader
 
     def hook(grad: torch.Tensor) -> torch.Tensor:
-        calls["backward"] += 1
-        return grad * math.nan if calls["backward"] == 2 * step else grad
+        return grad * math.nan if loader.served == 2 * step else grad
 
-    model.layers[0].mlp.router.weight.register_hook(hook)
+    trainer.model.layers[0].mlp.router.weight.register_hook(hook)
 
 
 def _all_finite(checkpoint: dict) -> bool:
@@ -159,7 +159,7 @@ def test_a_nan_gradient_with_a_finite_loss_stops_the_run_before_the_optimizer_ap
     make_model, tmp_path, single_threaded
 ):
     trainer = make_trainer(make_model, tmp_path, FixedBatches(2), checkpoint_every=1)
-    _nan_gradient_at(3, trainer.model)
+    _nan_gradient_at(3, trainer)
     with pytest.raises(TrainingDiverged) as caught:
         trainer.fit()
     message = str(caught.value)
@@ -181,7 +181,7 @@ def test_nan_policy_skip_drops_the_step_and_leaves_the_weights_as_they_were(
 
     trainer = make_trainer(make_model, tmp_path, FixedBatches(2, on_batch=snapshot),
                            nan_policy="skip", max_steps=5)  # fmt: skip
-    _nan_gradient_at(3, trainer.model)
+    _nan_gradient_at(3, trainer)
     summary = trainer.fit()
     assert summary["skipped_steps"] == 1 and summary["steps"] == 5
     assert all(torch.equal(a, b) for a, b in zip(weights[3], weights[4], strict=True))
