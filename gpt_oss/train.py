@@ -334,11 +334,15 @@ def _with_override(node: dict[str, Any], key: str, value: Any) -> dict[str, Any]
 
 
 def _check_group_choice(choice: str, node: DictConfig, saved: dict[str, Any], given: list[str]) -> None:
-    """ConfigError when the group chosen now differs from the run's in a field not set now."""
+    """ConfigError when the group chosen now differs from the run's in a field not set now.
+    A null or "auto" now (resolved when the run starts) matches what the run resolved it to."""
     group = choice.split("=", 1)[0]
     for key, value in OmegaConf.to_container(node, resolve=True).items():
         name = f"{group}.{key}"
-        if name not in given and name not in LAUNCH_FIELDS and saved.get(key, value) != value:
+        derived = value is None or value == "auto"
+        if name in given or name in LAUNCH_FIELDS or derived:
+            continue
+        if saved.get(key, value) != value:
             raise ConfigError(
                 f"{choice} on a resume would change {group}.{key} from {saved[key]!r} to "
                 f"{value!r}: a resume keeps the run's {group}; drop {choice} (set single fields "
