@@ -3,8 +3,8 @@
     python -m gpt_oss.bench model=mini trainer.batch_size=2 trainer.seq_len=256 bench.compare=hf
 
 Each measurement runs in a fresh worker process, so its peak memory is its own: ours through
-gpt_oss.training.trainer.Trainer.train_step (forward, backward, clipping, optimizer) on random tokens,
-and with bench.compare=hf transformers' GptOssForCausalLM of the same shape, precision and
+gpt_oss.training.trainer.Trainer.train_step (forward, backward, clipping, optimizer) on random
+tokens, and with bench.compare=hf transformers' GptOssForCausalLM of the same shape, precision and
 optimizer. The output is a table, then as its last line one JSON object.
 
 Peak memory is torch.cuda.max_memory_allocated on a GPU and the worker's peak resident set
@@ -26,12 +26,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import hydra
-import numpy as np
 import torch
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 from torch.autograd import DeviceType
 
+from gpt_oss.cli import exit_on_input_error
 from gpt_oss.model.config import ConfigError, ModelConfig
 from gpt_oss.model.precision import (
     PRECISIONS,
@@ -39,6 +39,7 @@ from gpt_oss.model.precision import (
     cpu_has_native_bf16,
     resolve_precision,
 )
+from gpt_oss.paths import CONF_DIR
 from gpt_oss.schema import RunConfig, build, checked_command_line
 from gpt_oss.training.metrics import flops_per_token, peak_flops, synchronize
 from gpt_oss.validation import check_fields, ranged
@@ -246,6 +247,7 @@ def worker_main() -> None:
 
 def measure_ours(spec: dict[str, Any]) -> dict[str, Any]:
     """Trainer.train_step, exactly as training runs it, on random tokens."""
+    from gpt_oss.model.config import resolve_device
     from gpt_oss.model.model import GptOss
     from gpt_oss.training.trainer import Trainer, seed_everything
 
@@ -257,16 +259,14 @@ def measure_ours(spec: dict[str, Any]) -> dict[str, Any]:
     trainer_config.progress = False
     seed_everything(bench.seed)
     model = GptOss(parts["model_config"])
-    data = RandomData(
-        parts["model_config"].vocab_size,
-        trainer_config.seq_len,
-        trainer_config.batch_size,
-        bench.seed,
-    )
+    device = resolve_device(trainer_config.device, "trainer.device")
+    micro = trainer_config.batch_size // trainer_config.grad_accum
+    tokens = RandomTokens(parts["model_config"].vocab_size, micro, trainer_config.seq_len,
+                          bench.seed, device)  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="gpt_oss_bench_") as run_dir:
-        trainer = Trainer(
-            model, parts["optimizer"], parts["schedule"], data, trainer_config, run_dir
-        )
+        # no validation loader: the bench times train_step alone
+        trainer = Trainer(model, parts["optimizer"], parts["schedule"], tokens, None,
+                          trainer_config, run_dir)  # fmt: skip
         times = time_steps(trainer.train_step, bench.warmup_steps, bench.steps, trainer.device)
         result = measurement(
             times, trainer.device, parts["model_config"], trainer_config, spec["precision"]
@@ -298,9 +298,17 @@ def measure_hf(spec: dict[str, Any]) -> dict[str, Any]:
     if bench.hf_attention == "auto":
         attentions = ["flex_attention", "eager"] if device.type == "cuda" else ["eager"]
     dtype = autocast_dtype(spec["precision"])
-    batches = random_batches(model_config.vocab_size, trainer_config, bench.seed, device)
+    tokens = RandomTokens(
+        model_config.vocab_size,
+        trainer_config.batch_size,
+        trainer_config.seq_len,
+        bench.seed,
+        device,
+    )
     for attention in attentions:
-        step = hf_train_step(model_config, parts["optimizer"], attention, dtype, device, batches)
+        step = hf_train_step(
+            model_config, parts["optimizer"], attention, dtype, device, tokens.next_batch
+        )
         try:
             times = time_steps(step, bench.warmup_steps, bench.steps, device)
             break
@@ -342,7 +350,7 @@ def hf_train_step(
         config, attn_implementation=attention, dtype=torch.float32
     )
     model = model.to(device).train()
-    optimizer = optimizer_factory(named_as_ours(model))
+    optimizer = optimizer_factory(named_as_ours(model, model_config))
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
 
     def step() -> float:
@@ -363,14 +371,20 @@ def hf_train_step(
     return step
 
 
-def named_as_ours(model: torch.nn.Module) -> torch.nn.Module:
+def named_as_ours(model: torch.nn.Module, config: ModelConfig) -> torch.nn.Module:
     """transformers' GptOssForCausalLM with our parameter names (no "model." prefix: its
-    module names are the checkpoint keys, as ours are), so the project's optimizer factories
-    and their parameter groups apply to it unchanged. The parameters are the model's own."""
+    module names are the checkpoint keys, as ours are) and our parameter roles (those of our
+    model of the same `config`, built on the meta device), so the project's optimizer
+    factories and their parameter groups apply to it unchanged. The parameters are its own."""
+    from gpt_oss.model.model import GptOss
+    from gpt_oss.model.roles import parameter_roles
+
     view = torch.nn.Module()
     for name, child in model.model.named_children():
         view.add_module(name, child)
     view.add_module("lm_head", model.lm_head)
+    with torch.device("meta"):
+        view.PARAMETER_ROLES = parameter_roles(GptOss(config))  # full names, declared at the root
     return view
 
 
@@ -509,52 +523,34 @@ def step_breakdown(events, device: torch.device) -> dict[str, float]:
 # ------------------------------------------------------------------------------ random data
 
 
-@dataclass
-class RandomSplit:
-    """What the Trainer reads of a prepared split: a flat uint32 token array and its bytes."""
+class RandomTokens:
+    """Uniform random token batches in place of a dataset (throughput does not depend on the
+    text): a trainer.TrainBatches stream, batch b a pure function of (seed, b)."""
 
-    tokens: np.ndarray
-    num_bytes: int
+    def __init__(
+        self, vocab_size: int, batch_size: int, seq_len: int, seed: int, device: torch.device
+    ) -> None:
+        self.vocab_size, self.shape, self.seed = vocab_size, (batch_size, seq_len + 1), seed
+        self.device, self.batch_index = torch.device(device), 0
 
-    def __len__(self) -> int:
-        return len(self.tokens)
-
-
-@dataclass
-class RandomData:
-    """Uniform random tokens in place of a dataset: throughput does not depend on the text."""
-
-    train: RandomSplit
-    val: RandomSplit
-
-    def __init__(self, vocab_size: int, seq_len: int, batch_size: int, seed: int):
-        rng = np.random.default_rng(seed)
-        count = 4 * batch_size * (seq_len + 1)
-        tokens = rng.integers(0, vocab_size, size=count, dtype=np.uint32)
-        self.train = self.val = RandomSplit(tokens, num_bytes=4 * count)
-
-
-def random_batches(vocab_size: int, trainer_config, seed: int, device: torch.device) -> Callable:
-    """A closure giving (inputs, targets) of random tokens, shaped as the train loader's."""
-    generator = torch.Generator().manual_seed(seed)
-    shape = (trainer_config.batch_size, trainer_config.seq_len + 1)
-
-    def next_batch() -> tuple[torch.Tensor, torch.Tensor]:
-        ids = torch.randint(0, vocab_size, shape, generator=generator).to(device)
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(inputs, targets) int64 of shape (batch_size, seq_len) on the device."""
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.batch_index)
+        ids = torch.randint(0, self.vocab_size, self.shape, generator=generator).to(self.device)
+        self.batch_index += 1
         return ids[:, :-1].contiguous(), ids[:, 1:].contiguous()
 
-    return next_batch
+    def state_dict(self) -> dict[str, int]:
+        return {"batch_index": self.batch_index, "seed": self.seed}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.batch_index, self.seed = int(state["batch_index"]), int(state["seed"])
 
 
 @checked_command_line(BenchRunConfig)
-@hydra.main(version_base=None, config_path="../conf", config_name="bench")
+@hydra.main(version_base=None, config_path=CONF_DIR, config_name="bench")
 def main(cfg: DictConfig) -> None:
-    try:
-        run(cfg)
-    except ConfigError as error:
-        # stderr, not the log: conf/bench.yaml disables logging (a benchmark only prints)
-        print(f"ConfigError: {error}", file=sys.stderr, flush=True)
-        raise SystemExit(2) from error
+    exit_on_input_error(run, cfg)
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ from gpt_oss.model.model import GptOss
 from gpt_oss.model.precision import DTYPES, resolve_precision
 from gpt_oss.model.tokenizer import get_tokenizer
 from gpt_oss.model.vocabulary import FullVocabulary, Vocabulary
+from gpt_oss.paths import CONF_DIR
 from gpt_oss.schema import check, checked_command_line
 from gpt_oss.training.loading import load_text_vocabulary, load_with_vocabulary
 from gpt_oss.training.metrics import bits_per_byte
@@ -101,8 +102,9 @@ def read_documents(
     field: str = "text",
     max_documents: int | None = None,
 ) -> list[str]:
-    """Documents of a .jsonl file (one {field: text} per line, as gpt_oss.data.sources reads them) or of
-    a text file split at separator (None = one per line), stripped; empty ones are skipped."""
+    """Documents of a .jsonl file (one {field: text} per line, as gpt_oss.data.sources reads them)
+    or of a text file split at separator (None = one per line), stripped; empty ones are
+    skipped."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"text_file={str(path)!r} does not exist")
@@ -235,11 +237,13 @@ def run(cfg: DictConfig) -> Score:
     check_stride(stride, context)
     score = score_documents(model, documents, context, stride, cfg.batch_size, vocabulary)
     print(
-        f"{cfg.checkpoint} on {cfg.text_file}: {score.documents} documents, {score.tokens:,} tokens, "
+        f"{cfg.checkpoint} on {cfg.text_file}: "
+        f"{score.documents} documents, {score.tokens:,} tokens, "
         f"{score.bytes:,} bytes (context {context}, stride {stride})"
     )
     print(
-        f"loss {score.loss:.4f} | perplexity {score.perplexity:.3f} | bits per byte {score.bits_per_byte:.4f}"
+        f"loss {score.loss:.4f} | perplexity {score.perplexity:.3f} | "
+        f"bits per byte {score.bits_per_byte:.4f}"
     )
     if cfg.output:
         Path(cfg.output).write_text(
@@ -249,7 +253,7 @@ def run(cfg: DictConfig) -> Score:
 
 
 @checked_command_line(EvaluateConfig)
-@hydra.main(version_base=None, config_path="../conf", config_name="evaluate")
+@hydra.main(version_base=None, config_path=CONF_DIR, config_name="evaluate")
 def main(cfg: DictConfig) -> None:
     exit_on_input_error(run, cfg)
 

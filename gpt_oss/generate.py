@@ -33,6 +33,7 @@ from gpt_oss.model.sampling import (
     generate,
 )
 from gpt_oss.model.vocabulary import FullVocabulary, Vocabulary, VocabularyError
+from gpt_oss.paths import CONF_DIR
 from gpt_oss.schema import check, checked_command_line
 from gpt_oss.training.loading import load_text_vocabulary, load_with_vocabulary
 from gpt_oss.validation import ranged
@@ -129,8 +130,16 @@ def run(cfg: DictConfig, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> 
         streaming = cfg.stream and len(prompts) == 1
         results.append(
             _generate_and_print(
-                model, vocabulary, cfg, sampling, stops, texts[batch], prompts[batch], first,
-                streaming, out,
+                model,
+                vocabulary,
+                cfg,
+                sampling,
+                stops,
+                texts[batch],
+                prompts[batch],
+                first,
+                streaming,
+                out,
             )
         )
         err.write(speed_report(results[-1]) + "\n")
@@ -188,7 +197,7 @@ def speed_report(result: Generation) -> str:
 
 
 @checked_command_line(GenerateConfig)
-@hydra.main(version_base=None, config_path="../conf", config_name="generate")
+@hydra.main(version_base=None, config_path=CONF_DIR, config_name="generate")
 def main(cfg: DictConfig) -> None:
     exit_on_input_error(run, cfg)
 

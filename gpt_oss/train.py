@@ -10,10 +10,13 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import re
+import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import hydra
 import torch
@@ -25,10 +28,12 @@ from omegaconf.errors import InterpolationResolutionError
 
 from gpt_oss import schema
 from gpt_oss.data.config import DataConfig
+from gpt_oss.data.loaders import TrainLoader, ValLoader
 from gpt_oss.data.prepare import PreparedData, prepare_data
 from gpt_oss.model.config import ConfigError, ModelConfig
 from gpt_oss.model.model import build_model
 from gpt_oss.model.vocabulary import VocabularyError, follow_data
+from gpt_oss.paths import CONF_DIR
 from gpt_oss.schema import build, make, vocabulary_setting
 from gpt_oss.training import distributed
 from gpt_oss.training.checkpoint import (
@@ -39,6 +44,9 @@ from gpt_oss.training.checkpoint import (
     resolve_resume,
 )
 from gpt_oss.training.tracking import LoggerGroup, read_metrics, short_run_name
+
+if TYPE_CHECKING:
+    from gpt_oss.training.trainer import TrainerConfig
 
 log = logging.getLogger("gpt_oss.train")
 schema.register()
@@ -89,9 +97,13 @@ def provenance(overrides: list[str] | None = None) -> dict[str, Any]:
     directory (and its W&B run, whose name is short) says what produced it."""
     source = Path(__file__).parent
     commit, dirty = _git(["rev-parse", "HEAD"], source), _git(["status", "--porcelain"], source)
-    return {"torch": str(torch.__version__), "python": sys.version.split()[0],
-            "git_commit": commit, "git_dirty": None if commit is None else bool(dirty),
-            "overrides": list(overrides or [])}
+    return {
+        "torch": str(torch.__version__),
+        "python": sys.version.split()[0],
+        "git_commit": commit,
+        "git_dirty": None if commit is None else bool(dirty),
+        "overrides": list(overrides or []),
+    }
 
 
 def _git(args: list[str], cwd: Path) -> str | None:
@@ -117,7 +129,9 @@ def run(cfg: DictConfig, run_dir: str | Path, overrides: list[str] | None = None
 
     parts = build(cfg)
     trainer_config = parts["trainer_config"]
-    with distributed.process_group(trainer_config.parallel, resolve_device(trainer_config.device, "trainer.device")) as world:
+    with distributed.process_group(
+        trainer_config.parallel, resolve_device(trainer_config.device, "trainer.device")
+    ) as world:
         run_dir = Path(distributed.broadcast_object(str(run_dir)))  # rank 0's ${now:...} wins
         changes: list[str] = []
         if overrides is not None:  # after the broadcast: trainer.resume=auto means rank 0's dir
@@ -167,7 +181,9 @@ def check_resume(cfg: DictConfig, parts: dict[str, Any], run_dir: Path) -> dict[
             "best_val_bpb": min((r["bpb"] for r in val), default=math.nan)}  # fmt: skip
 
 
-def _train(cfg: DictConfig, parts: dict[str, Any], run_dir: Path, world: distributed.World) -> dict[str, Any]:
+def _train(
+    cfg: DictConfig, parts: dict[str, Any], run_dir: Path, world: distributed.World
+) -> dict[str, Any]:
     from gpt_oss.model.size import parameter_counts
     from gpt_oss.training.trainer import Trainer, format_summary, seed_everything
 
@@ -182,14 +198,21 @@ def _train(cfg: DictConfig, parts: dict[str, Any], run_dir: Path, world: distrib
     run_config["data"]["vocabulary"] = data.vocabulary.kind
     run_config["data"]["vocab_size"] = data.vocabulary.size
     run_config["model"]["vocab_size"] = model_config.vocab_size
+    if parts["init_from"] is not None:  # a new run from another run's (or model's) weights
+        from gpt_oss.training.weights import initialize_from, load_init_weights
+
+        weights = load_init_weights(model_config, parts["init_from"], data.vocabulary)
+        run_config["init_from"] = initialize_from(model, weights)
     run_config["data"]["fallback"] = data.fallback  # None, or why TinyStories was replaced
     run_config["data_prepared"] = data.summary()  # what was actually read: source, sizes, sha256
     if data.fallback:
         logger.add_tags("synthetic-fallback")  # visible in the W&B run list, not only its config
     run_config["parameters"] = parameter_counts(model_config)
     run_config["provenance"] = provenance(_task_overrides())
-    trainer = Trainer(model, parts["optimizer"], parts["schedule"], data, parts["trainer_config"],
-                      run_dir, logger, run_config, vocabulary=data.vocabulary)
+    train_loader, val_loader = build_loaders(data, parts["trainer_config"], world)
+    trainer = Trainer(model, parts["optimizer"], parts["schedule"], train_loader, val_loader,
+                      parts["trainer_config"], run_dir, logger, run_config,
+                      vocabulary=data.vocabulary)  # fmt: skip
     trainer.resume()  # checks the checkpoint fits before the run directory is written
     if world.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -205,10 +228,36 @@ def _train(cfg: DictConfig, parts: dict[str, Any], run_dir: Path, world: distrib
     return summary
 
 
-def follow_data_vocabulary(model_config: ModelConfig, data: PreparedData, data_config: DataConfig) -> ModelConfig:
+def build_loaders(
+    data: PreparedData, config: TrainerConfig, world: distributed.World
+) -> tuple[TrainLoader, ValLoader]:
+    """This rank's training stream (its share of each micro-batch) and the validation windows
+    (a global micro-batch each; the trainer scores each rank's share), on the training device."""
+    from gpt_oss.training.trainer import training_device
+
+    device = training_device(config, world)
+    micro = config.batch_size // config.grad_accum  # over all ranks; each takes its share
+    train = TrainLoader(
+        data.train,
+        micro // world.size,
+        config.seq_len,
+        config.seed,
+        device=device,
+        rank=world.rank,
+        world_size=world.size,
+    )
+    val = ValLoader(data.val, micro, config.seq_len, max_batches=config.eval_batches, device=device)
+    return train, val
+
+
+def follow_data_vocabulary(
+    model_config: ModelConfig, data: PreparedData, data_config: DataConfig
+) -> ModelConfig:
     """The model config with the prepared data's vocabulary size (null follows it); a stated
     size that disagrees is a ConfigError naming both, before any model is built."""
-    size = follow_data(model_config.vocab_size, data.vocabulary.size, vocabulary_setting(data_config))
+    size = follow_data(
+        model_config.vocab_size, data.vocabulary.size, vocabulary_setting(data_config)
+    )
     return dataclasses.replace(model_config, vocab_size=size)
 
 
@@ -237,14 +286,17 @@ def follower_overrides(argv: list[str]) -> list[str]:
     return ["hydra.run.dir=.", "hydra.output_subdir=null", *logging_overrides]
 
 
-def make_loggers(node: DictConfig, group: str | None = None, name: str | None = None) -> LoggerGroup:
+def make_loggers(
+    node: DictConfig, group: str | None = None, name: str | None = None
+) -> LoggerGroup:
     """Every logger the `logger` group selected (logger=[wandb,tensorboard,csv]), as one.
     A W&B group or name left null gets the sweep's group and the run's short name."""
     loggers = {}
     for key, entry in node.items():
         if not OmegaConf.is_dict(entry) or "_target_" not in entry:
             raise ConfigError(
-                f"logger.{key}={OmegaConf.to_container(entry) if OmegaConf.is_config(entry) else entry!r} "
+                f"logger.{key}="
+                f"{OmegaConf.to_container(entry) if OmegaConf.is_config(entry) else entry!r} "
                 "is not a logger: `logger` holds one entry per logger, chosen with logger=wandb or "
                 "logger=[wandb,tensorboard,csv]; set a logger's options under its name, e.g. "
                 f"logger.wandb.{key}=..."
@@ -253,9 +305,15 @@ def make_loggers(node: DictConfig, group: str | None = None, name: str | None = 
     return LoggerGroup(loggers)
 
 
-def _missing_identity(logger_cfg: DictConfig, group: str | None, name: str | None) -> dict[str, str]:
+def _missing_identity(
+    logger_cfg: DictConfig, group: str | None, name: str | None
+) -> dict[str, str]:
     fields = {"group": group, "name": name}
-    return {k: v for k, v in fields.items() if v is not None and k in logger_cfg and logger_cfg[k] is None}
+    return {
+        k: v
+        for k, v in fields.items()
+        if v is not None and k in logger_cfg and logger_cfg[k] is None
+    }
 
 
 def _task_overrides() -> list[str]:
@@ -282,7 +340,9 @@ TYPED_GROUPS = ("model", "data", "trainer")  # schema dataclasses: only their fi
 HYDRA_RECORD = ".hydra"  # written by write_hydra_record once the run starts (not by Hydra)
 
 
-def resume_config(cfg: DictConfig, overrides: list[str], run_dir: Path) -> tuple[DictConfig, list[str]]:
+def resume_config(
+    cfg: DictConfig, overrides: list[str], run_dir: Path
+) -> tuple[DictConfig, list[str]]:
     """With trainer.resume: the config of the run it continues (stored in its checkpoint) with
     only `overrides` (the command line's, as typed) applied, and what they changed
     ("trainer.max_steps: 300 -> 400"). Unchanged cfg when there is nothing to resume yet.
@@ -308,13 +368,17 @@ def resume_config(cfg: DictConfig, overrides: list[str], run_dir: Path) -> tuple
     for group in RUN_GROUPS:
         if group == "logger" and group in given or group not in saved:
             continue
-        node = {k: v for k, v in saved[group].items() if group not in TYPED_GROUPS or k in cfg[group]}
+        node = {
+            k: v for k, v in saved[group].items() if group not in TYPED_GROUPS or k in cfg[group]
+        }
         if group in given:
             choice = next(o.value() for o in parsed if o.key_or_group == group)
             _check_group_choice(f"{group}={choice}", cfg[group], node, given)
         for key in given:
             if key.startswith(f"{group}."):
-                node = _with_override(node, key.removeprefix(f"{group}."), OmegaConf.select(cfg, key))
+                node = _with_override(
+                    node, key.removeprefix(f"{group}."), OmegaConf.select(cfg, key)
+                )
         if group in TYPED_GROUPS:  # a schema dataclass: set field by field
             for key, value in node.items():
                 merged[group][key] = value
@@ -333,7 +397,9 @@ def _with_override(node: dict[str, Any], key: str, value: Any) -> dict[str, Any]
     return OmegaConf.to_container(config)
 
 
-def _check_group_choice(choice: str, node: DictConfig, saved: dict[str, Any], given: list[str]) -> None:
+def _check_group_choice(
+    choice: str, node: DictConfig, saved: dict[str, Any], given: list[str]
+) -> None:
     """ConfigError when the group chosen now differs from the run's in a field not set now.
     A null or "auto" now (resolved when the run starts) matches what the run resolved it to."""
     group = choice.split("=", 1)[0]
@@ -365,7 +431,9 @@ def _changes(saved: dict[str, Any], merged: DictConfig) -> list[str]:
 def _leaves(node: Any, prefix: str) -> dict[str, Any]:
     if not isinstance(node, dict):
         return {prefix: node}
-    return {k: v for key, value in node.items() for k, v in _leaves(value, f"{prefix}.{key}").items()}
+    return {
+        k: v for key, value in node.items() for k, v in _leaves(value, f"{prefix}.{key}").items()
+    }
 
 
 def write_hydra_record(run_dir: Path, cfg: DictConfig, resumed_from: Path | None) -> None:
@@ -377,8 +445,12 @@ def write_hydra_record(run_dir: Path, cfg: DictConfig, resumed_from: Path | None
         return
     hc = HydraConfig.get()
     overrides = list(hc.overrides.task)
-    earlier_record = resumed_from.parent.parent / HYDRA_RECORD / "overrides.yaml" if resumed_from else None
-    earlier = list(OmegaConf.load(earlier_record)) if earlier_record and earlier_record.is_file() else []
+    earlier_record = (
+        resumed_from.parent.parent / HYDRA_RECORD / "overrides.yaml" if resumed_from else None
+    )
+    earlier = (
+        list(OmegaConf.load(earlier_record)) if earlier_record and earlier_record.is_file() else []
+    )
     keys = {o.split("=", 1)[0].lstrip("+~") for o in overrides}
     overrides = [o for o in earlier if o.split("=", 1)[0].lstrip("+~") not in keys] + overrides
     record = run_dir / HYDRA_RECORD
@@ -389,18 +461,92 @@ def write_hydra_record(run_dir: Path, cfg: DictConfig, resumed_from: Path | None
 
 
 @schema.checked_command_line(schema.RunConfig)
-@hydra.main(version_base=None, config_path="../conf", config_name="config")
+@hydra.main(version_base=None, config_path=CONF_DIR, config_name="config")
 def main(cfg: DictConfig) -> float:
     pin_sweep_gpu()  # first: CUDA reads CUDA_VISIBLE_DEVICES once, at its first use
     hc = HydraConfig.get()
     run_dir, overrides = Path(hc.runtime.output_dir), list(hc.overrides.task)
     try:
         summary = run(cfg, run_dir, overrides)
-    except (ConfigError, CheckpointError, VocabularyError, InterpolationResolutionError, _data_error()) as error:
+    except (
+        ConfigError,
+        CheckpointError,
+        VocabularyError,
+        InterpolationResolutionError,
+        _data_error(),
+    ) as error:
         # stderr, not the log file: a refused resume leaves its run directory as it was
         print(f"{type(error).__name__}: {error}", file=sys.stderr, flush=True)
+        discard_unused_run_dir(run_dir)
         raise SystemExit(2) from error
+    except BaseException:
+        discard_unused_run_dir(run_dir)
+        raise
+    if summary["stopped_by"]:
+        exit_stopped(summary)
     return summary["best_val_bpb"]  # what a sweeper minimises (conf/hparams_search/optuna.yaml)
+
+
+def exit_stopped(summary: dict[str, Any]) -> None:
+    """A run a signal stopped: say how to continue it, then exit with 128 + the signal's
+    number (see gpt_oss/training/signals.py), never 0, so a launcher knows it is unfinished."""
+    from gpt_oss.training.signals import exit_status
+
+    status = exit_status(summary["stopped_by"])
+    world = distributed.launch_world()
+    if world.is_main:
+        last = "last/" if summary["sharded_checkpoints"] else "last.pt"
+        lines = [
+            f"{summary['stopped_by']} stopped the run after step {summary['steps']} of "
+            f"{summary['max_steps']}; {summary['checkpoints']}/{last} holds it. Resume with:",
+            "  " + resume_command(Path(summary["run_dir"]), world.size),
+            f"exit status {status} (128 + {summary['stopped_by']}): the run is not finished",
+        ]
+        log.warning("\n".join(lines))  # the console and the run's train.log
+    raise SystemExit(status)
+
+
+def resume_command(run_dir: Path, world_size: int = 1) -> str:
+    """The command line that continues this run in its run directory. A resume takes the run's
+    config from its checkpoint (resume_config), so it repeats only what a resume takes from
+    today's command line: the launch settings and the logger choice."""
+    task = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+    todays = [o for o in task if _is_todays_on_resume(o.split("=", 1)[0].lstrip("+~"))]
+    args = [*todays, f"hydra.run.dir={run_dir.resolve()}", "trainer.resume=auto"]
+    module = "-m gpt_oss.train " + " ".join(shlex.quote(arg) for arg in args)
+    if world_size > 1:
+        return f"<the same launcher as before: torchrun ... or srun ...> {module}"
+    return f"{shlex.quote(sys.executable)} {module}"
+
+
+def _is_todays_on_resume(key: str) -> bool:
+    return (key in LAUNCH_FIELDS and key != "trainer.resume") or key.split(".")[0] == "logger"
+
+
+def discard_unused_run_dir(run_dir: Path) -> bool:
+    """Remove the run directory Hydra made for a run that failed before writing anything of its
+    own (only Hydra's log, and .hydra/, are there; the error went to the console too), and its
+    date folder if that is left empty. A directory holding anything else is never touched."""
+    run_dir = run_dir.resolve()
+    hydra_files = {HYDRA_RECORD, f"{HydraConfig.get().job.name}.log"}
+    names = {p.name for p in run_dir.iterdir()} if run_dir.is_dir() else set()
+    if not names or not names <= hydra_files or run_dir == Path.cwd().resolve():
+        return False
+    for handler in [h for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)]:
+        if Path(handler.baseFilename).parent == run_dir:
+            logging.getLogger().removeHandler(handler)
+            handler.close()
+    shutil.rmtree(run_dir)
+    parent = run_dir.parent
+    if re.fullmatch(r"\d{4}-\d{2}-\d{2}", parent.name) and not any(parent.iterdir()):
+        parent.rmdir()  # outputs/runs/<date>/ of the default hydra.run.dir, now empty
+    return True
+
+
+def cli() -> None:
+    """Console script `gpt-oss-train`: as `python -m gpt_oss.train`."""
+    sys.argv += follower_overrides(sys.argv[1:])  # before Hydra makes the run directory
+    main()
 
 
 def _data_error() -> type[Exception]:
@@ -410,5 +556,4 @@ def _data_error() -> type[Exception]:
 
 
 if __name__ == "__main__":
-    sys.argv += follower_overrides(sys.argv[1:])  # before Hydra makes the run directory
-    main()
+    cli()

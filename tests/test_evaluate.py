@@ -161,8 +161,8 @@ def test_cli_reports_loss_perplexity_and_bits_per_byte(model, tmp_path):
     assert score.loss_sum == pytest.approx(expected.loss_sum, rel=1e-6)
     assert "4 documents" in printed.getvalue() and "(context 24, stride 12)" in printed.getvalue()
     assert (
-        f"loss {score.loss:.4f} | perplexity {score.perplexity:.3f} | bits per byte {score.bits_per_byte:.4f}"
-        in printed.getvalue()
+        f"loss {score.loss:.4f} | perplexity {score.perplexity:.3f} | "
+        f"bits per byte {score.bits_per_byte:.4f}" in printed.getvalue()
     )
     written = json.loads((tmp_path / "r.json").read_text())
     assert written["bpb"] == pytest.approx(score.bits_per_byte) and written["context_length"] == 24

@@ -164,6 +164,13 @@ def sum_over_ranks_(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def max_over_ranks_(tensor: torch.Tensor) -> torch.Tensor:
+    """In place: the maximum over ranks."""
+    if is_distributed() and dist.get_world_size() > 1:
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return tensor
+
+
 def sum_floats(values: tuple[float, ...], device: torch.device) -> tuple[float, ...]:
     """Python numbers summed over ranks in float64 (returned unchanged in one process)."""
     if not is_distributed() or dist.get_world_size() == 1:

@@ -3,20 +3,21 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import random
+import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from gpt_oss.data.loaders import TrainLoader, ValLoader
 from gpt_oss.files import remove_stale_temporaries
 from gpt_oss.model.config import ConfigError, resolve_device
 from gpt_oss.model.model import GptOss
@@ -40,6 +41,7 @@ from gpt_oss.training.checkpoint_sharded import load_sharded, read_trainer_state
 from gpt_oss.training.debugging import RepeatedBatches, StepProfiler
 from gpt_oss.training.distributed import (
     PARALLEL_MODES,
+    World,
     checkpoint_blocks,
     current_world,
     grad_sync,
@@ -51,12 +53,16 @@ from gpt_oss.training.distributed import (
     sum_over_ranks_,
 )
 from gpt_oss.training.metrics import bits_per_byte, flops_per_token, peak_flops
+from gpt_oss.training.retention import CHECKPOINT_BEST, keep_snapshot, link_checkpoint
 from gpt_oss.training.runtime import keep_freed_memory
+from gpt_oss.training.signals import StopRequest, exit_status
 from gpt_oss.training.tracking import MetricsFile, NullLogger, read_metrics
 from gpt_oss.validation import check_fields, ranged
 
 log = logging.getLogger(__name__)
 
+# what a weights-only best.pt keeps of the training state: enough to load, export and describe
+WEIGHTS_STATE = ("step", "best_val", "tokens_seen", "run_config", "vocabulary")
 NAN_POLICIES = ("error", "skip")
 
 
@@ -69,12 +75,23 @@ class TrainerConfig:
     grad_accum: int = ranged(1, "[1, inf)")
     seq_len: int = ranged(512, "[1, inf)")
     eval_every: int = ranged(200, "[1, inf)")
-    eval_batches: int = ranged(20, "[1, inf)")  # validation windows per evaluation, in micro-batches
+    eval_batches: int = ranged(
+        20, "[1, inf)"
+    )  # validation windows per evaluation, in micro-batches
     checkpoint_every: int = ranged(500, "[1, inf)")
+    # Disk: snapshots every checkpoint_every steps kept (last.pt is the newest; older ones are
+    # checkpoints/step_N.pt hard links; 0 = none, no resume); best.pt as "weights" (model only:
+    # generate, evaluate, export, init_from), "full" (resumable; a hard link when saved at the
+    # step last.pt was) or "none". ddp/fsdp: best/ is always a full sharded checkpoint.
+    checkpoint_keep: int = ranged(1, "[0, inf)")
+    checkpoint_best: str = "weights"
     log_every: int = ranged(10, "[1, inf)")
     resume: str | None = (
         None  # a run dir, a checkpoint file, or "auto" (this run dir if it has one)
     )
+    # A new run (step 0, fresh optimizer) from these weights: a run dir, a checkpoint or a
+    # Hugging Face directory (fine-tuning); resume, when it finds a checkpoint, takes precedence.
+    init_from: str | None = None
     device: str = "auto"  # auto = cuda when present, else cpu
     precision: str = "auto"  # auto = bf16 autocast on GPU, float32 on CPU
     compile: bool = False  # torch.compile each block and the chunked loss's softmax
@@ -103,6 +120,11 @@ class TrainerConfig:
         if self.precision not in PRECISIONS:
             raise ConfigError(
                 f"trainer.precision={self.precision!r} is invalid: valid are {PRECISIONS}"
+            )
+        if self.checkpoint_best not in CHECKPOINT_BEST:
+            raise ConfigError(
+                f"trainer.checkpoint_best={self.checkpoint_best!r} is invalid: "
+                f"valid are {CHECKPOINT_BEST}"
             )
         if self.nan_policy not in NAN_POLICIES:
             raise ConfigError(
@@ -136,7 +158,40 @@ class TrainerConfig:
 
 
 class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite."""
+    """The loss, the gradient norm or the weights became NaN or infinite."""
+
+
+class TrainBatches(Protocol):
+    """The training stream the loop draws from: data.TrainLoader, bench's random tokens, a
+    test's fake. Its state goes into every checkpoint, so a resumed run continues it exactly."""
+
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(inputs, targets) int64, each (micro-batch of this rank, seq_len), on the device."""
+        ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+class ValBatches(Protocol):
+    """The fixed validation windows (data.ValLoader), scored at every evaluation."""
+
+    # UTF-8 bytes per token of the split, for bits per byte; None: unknown (bpb is NaN)
+    bytes_per_token: float | None
+    num_target_tokens: int  # target tokens one pass scores, all ranks together
+
+    def rank_batches(
+        self, rank: int, world_size: int
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
+        """(inputs, targets, weight 0 or 1): this rank's share of every batch; the ranks
+        together score each window once."""
+        ...
+
+
+def training_device(config: TrainerConfig, world: World) -> torch.device:
+    """The device this rank trains on (and its loaders put batches on)."""
+    return rank_device(resolve_device(config.device, "trainer.device"), world)
 
 
 def seed_everything(seed: int) -> None:
@@ -162,20 +217,23 @@ class Trainer:
     def __init__(
         self,
         model: GptOss,
-        optimizer_factory: Callable,
-        schedule_factory: Callable,
-        data: Any,
+        optimizer_factory: Callable[[GptOss], torch.optim.Optimizer],
+        schedule_factory: Callable[[torch.optim.Optimizer], Any],
+        train_loader: TrainBatches,
+        val_loader: ValBatches | None,
         config: TrainerConfig,
         run_dir: str | Path,
         logger: Any = None,
         run_config: dict | None = None,
         vocabulary: Vocabulary | None = None,
     ):
+        """train_loader gives this rank's micro-batches of batch_size / grad_accum / processes
+        sequences; val_loader None: no evaluation (and no `best` checkpoint), as in bench."""
         self.world = current_world()  # rank and size of the process group (one process without)
         config.validate(self.world.size)
-        self.config, self.data = config, data
+        self.config = config
         self.run_dir = Path(run_dir)
-        self.device = rank_device(resolve_device(config.device, "trainer.device"), self.world)
+        self.device = training_device(config, self.world)
         precision = resolve_precision(config.precision, self.device, "trainer.precision")
         self.dtype = autocast_dtype(precision)  # None: float32, no autocast
         self.model = place_model(model, self.device, config.parallel)
@@ -190,31 +248,19 @@ class Trainer:
         self.optimizer = optimizer_factory(self.model)
         self.schedule = schedule_factory(self.optimizer)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
-        micro = config.batch_size // config.grad_accum  # over all ranks; each takes its share
-        self.train_loader = TrainLoader(
-            data.train.tokens,
-            micro // self.world.size,
-            config.seq_len,
-            config.seed,
-            device=self.device,
-            rank=self.world.rank,
-            world_size=self.world.size,
-        )
-        if config.overfit_batches:
-            self.train_loader = RepeatedBatches(self.train_loader, config.overfit_batches)
-        self.val_loader = ValLoader(
-            data.val.tokens,
-            micro,
-            config.seq_len,
-            max_batches=config.eval_batches,
-            device=self.device,
-        )
+        self.train_loader, self.val_loader = train_loader, val_loader
+        if config.overfit_batches:  # the loader's first N batches, over and over
+            self.train_loader = RepeatedBatches(train_loader, config.overfit_batches)
+        micro = config.batch_size // config.grad_accum // self.world.size
+        self.batch_shape = (micro, config.seq_len)  # what train_loader must give
         self.logger = (logger or NullLogger()) if self.world.is_main else NullLogger()
         self.run_config = run_config or {}
         # the map from o200k ids to the model's ids, stored in every checkpoint
-        self.vocabulary = vocabulary if vocabulary is not None else getattr(data, "vocabulary", None)
+        self.vocabulary = vocabulary
         self.metrics = MetricsFile(self.run_dir / "metrics.jsonl")
         self.step, self.best_val, self.skipped, self.tokens_seen = 0, math.inf, 0, 0
+        self.saved_steps: dict[str, int] = {}  # checkpoint name -> step, written by this process
+        self.stopped_by: str | None = None  # the signal that ended fit() early
         self.counts_since_eval: torch.Tensor | None = None  # (layers, experts), for the loggers
         self.flops_per_token = flops_per_token(model.config, config.seq_len)
         self.peak = None
@@ -240,37 +286,97 @@ class Trainer:
         )
         profile_steps = self.config.profile_steps if self.world.is_main else 0
         profiler = StepProfiler(profile_steps, self.run_dir / "profile", self.device)
-        while self.step < self.config.max_steps:
-            stats = self.train_step()
-            self._note_expert_counts(stats.expert_counts)
-            profiler.step()
-            self.step += 1
-            self.tokens_seen += self.config.batch_size * self.config.seq_len
-            bar.update(1)
-            if self.step % self.config.log_every == 0 or self.step == 1:
-                last_log = self._log_train(stats, last_log, bar)
-            if self._maybe_evaluate_and_save():  # tokens/s counts training time only
-                last_log = (time.perf_counter(), self.step)
-        bar.close()
-        profiler.close()
-        summary = self._summary(time.perf_counter() - started)
-        self.logger.summary(summary)
-        self.logger.finish()
+        with StopRequest() as stop:  # SIGTERM, SIGINT, SIGUSR1: end after a whole step
+            while self.step < self.config.max_steps:
+                stats = self.train_step()
+                self._note_expert_counts(stats.expert_counts)
+                profiler.step()
+                self.step += 1
+                self.tokens_seen += self.config.batch_size * self.config.seq_len
+                bar.update(1)
+                if self.step % self.config.log_every == 0 or self.step == 1:
+                    last_log = self._log_train(stats, last_log, bar)
+                if self._maybe_evaluate_and_save():  # tokens/s counts training time only
+                    last_log = (time.perf_counter(), self.step)
+                if self.step < self.config.max_steps and (signum := stop.agreed(self.device)):
+                    self._stop(signum)
+                    break
+            bar.close()
+            profiler.close()
+            summary = self._summary(time.perf_counter() - started)
+            self.logger.summary(summary)
+            # a stopped run is not finished (W&B marks it so); a second Ctrl-C still exits at once
+            self.logger.finish(exit_code=exit_status(self.stopped_by) if self.stopped_by else 0)
         return summary
 
     def _maybe_evaluate_and_save(self) -> bool:
         """Evaluate and checkpoint when due; True if anything was done."""
         cfg, final = self.config, self.step == self.config.max_steps
-        evaluate = self.step % cfg.eval_every == 0 or final
-        save = self.step % cfg.checkpoint_every == 0 or final
+        evaluate = (self.step % cfg.eval_every == 0 or final) and self.val_loader is not None
+        save = (self.step % cfg.checkpoint_every == 0 or final) and cfg.checkpoint_keep > 0
+        improved = False
         if evaluate:
             val = self.evaluate()
             if val["loss"] < self.best_val:
-                self.best_val = val["loss"]
-                self.save("best")
+                self.best_val, improved = val["loss"], True
         if save:
-            self.save("last")
+            self.save_finite("last")
+            if cfg.checkpoint_keep > 1 and self.world.is_main:
+                sharded = cfg.parallel != "none"
+                keep_snapshot(self.run_dir / "checkpoints", self.step, cfg.checkpoint_keep, sharded)
+        if improved:
+            self.save_best(same_step_as_last=save)
         return evaluate or save
+
+    def save_best(self, same_step_as_last: bool) -> None:
+        """checkpoints/best as trainer.checkpoint_best says: weights only, the full state (a
+        hard link to last when that was saved at this step), or nothing."""
+        mode, folder = self.config.checkpoint_best, self.run_dir / "checkpoints"
+        sharded = self.config.parallel != "none"
+        if mode == "none":
+            return
+        if mode == "weights" and not sharded:
+            self.check_finite("best")
+            state = {k: v for k, v in self._training_state().items() if k in WEIGHTS_STATE}
+            path = save_checkpoint(folder / "best.pt", self.model, **state)
+        elif same_step_as_last:  # last was checked finite as it was written
+            if not self.world.is_main:  # the other ranks never read best/
+                return
+            name = "{}" if sharded else "{}.pt"
+            path = link_checkpoint(folder / name.format("last"), folder / name.format("best"))
+        else:
+            self.save_finite("best")  # logs the checkpoint itself
+            return
+        self.saved_steps["best"] = self.step
+        self.logger.log_checkpoint(path, "best", step=self.step)  # W&B artifacts, when asked for
+
+    def save_finite(self, name: str) -> None:
+        """save(name), unless a weight or optimizer state holds NaN or inf on any rank: then
+        nothing is written and TrainingDiverged names the tensors and the checkpoint kept."""
+        self.check_finite(name)
+        self.save(name)
+        self.saved_steps[name] = self.step
+
+    def check_finite(self, name: str) -> None:
+        """TrainingDiverged, before checkpoints/<name> is written, when a weight or optimizer
+        state holds NaN or inf on any rank."""
+        bad = non_finite_tensors(self.model, self.optimizer)
+        if sum_over_ranks_(torch.tensor([len(bad)], device=self.device)).item():
+            shown = ", ".join(bad[:5]) + (", ..." if len(bad) > 5 else "")
+            raise TrainingDiverged(
+                f"after step {self.step}, {len(bad) or 'some'} tensor(s) of the weights and "
+                f"optimizer state are not finite ({shown or 'on another rank'}); training "
+                f"stopped without writing checkpoints/{name}: {self._kept()}"
+            )
+
+    def _stop(self, signum: int) -> None:
+        """A stop signal (agreed by every rank): `last` holds this step, the summary says why."""
+        self.stopped_by = signal.Signals(signum).name
+        log.warning(
+            "%s: stopping after step %d of %d", self.stopped_by, self.step, self.config.max_steps
+        )
+        if self.saved_steps.get("last") != self.step:
+            self.save_finite("last")
 
     def _autocast(self):
         if self.dtype is None:
@@ -284,7 +390,7 @@ class Trainer:
         totals = torch.zeros(4, device=self.device)  # loss, ce, aux, z
         counts = None
         for micro in range(accum):
-            inputs, targets = self.train_loader.next_batch()
+            inputs, targets = self._next_batch()
             with self._autocast(), grad_sync(self.loss_fn, micro == accum - 1):
                 out = self.loss_fn(inputs, targets)
             self.scaler.scale(out.loss / accum).backward()
@@ -296,49 +402,93 @@ class Trainer:
         sum_over_ranks_(counts)  # so every rank nudges its selection biases identically
         loss, ce, aux, z = totals.tolist()
         if not math.isfinite(loss):
-            return self._non_finite(loss, counts, ce, aux, z)
+            stats = StepStats(loss, ce, aux, z, math.nan, counts)
+            return self._non_finite(f"the loss is {loss}", stats)
         self.scaler.unscale_(self.optimizer)
         clip = self.config.grad_clip if self.config.grad_clip > 0 else math.inf
+        # the same on every rank (DDP's gradients are all-reduced, FSDP's norm is global)
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip))
+        if not math.isfinite(grad_norm) and not self.scaler.is_enabled():
+            # Before the optimizer applies it: a finite loss can still have NaN gradients, and
+            # one such step makes every weight it touches NaN. (fp16's scaler skips such steps
+            # itself and lowers its scale: overflow there is routine, not divergence.)
+            reason = f"the gradient norm is {grad_norm}"
+            return self._non_finite(reason, StepStats(loss, ce, aux, z, grad_norm, counts))
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
-        if self.device.type == "cpu":  # once the optimizer state exists: see gpt_oss/training/runtime.py
+        if (
+            self.device.type == "cpu"
+        ):  # once the optimizer state exists: see gpt_oss/training/runtime.py
             keep_freed_memory()
         self.schedule.step()
         self.model.update_selection_bias(counts)
         return StepStats(loss, ce, aux, z, grad_norm, counts)
 
-    def _non_finite(self, loss: float, counts, ce, aux, z) -> StepStats:
+    def _next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        inputs, targets = self.train_loader.next_batch()
+        if tuple(inputs.shape) != self.batch_shape or targets.shape != inputs.shape:
+            raise ValueError(
+                f"the train loader gave inputs {tuple(inputs.shape)} and targets "
+                f"{tuple(targets.shape)}; this trainer needs {self.batch_shape} each (batch_size "
+                f"{self.config.batch_size} / grad_accum {self.config.grad_accum} / "
+                f"{self.world.size} processes, seq_len {self.config.seq_len})"
+            )
+        return inputs, targets
+
+    def _non_finite(self, reason: str, stats: StepStats) -> StepStats:
+        """A step whose loss or gradient norm is not finite: its gradients are dropped before
+        the optimizer sees them; then skip it (nan_policy=skip) or stop."""
         step = self.step + 1
         self.optimizer.zero_grad(set_to_none=True)
         if self.config.nan_policy == "skip" and self.skipped < self.config.max_skipped_steps:
             self.skipped += 1
-            log.warning("loss is %s at step %d: step skipped (%d so far)", loss, step, self.skipped)
+            log.warning(
+                "%s at step %d: step skipped, weights unchanged (%d of "
+                "trainer.max_skipped_steps=%d)",
+                reason, step, self.skipped, self.config.max_skipped_steps,
+            )  # fmt: skip
             self.schedule.step()
-            return StepStats(loss, ce, aux, z, math.nan, counts, skipped=True)
+            return dataclasses.replace(stats, skipped=True)
+        policy = (
+            f"after {self.skipped} skipped steps (trainer.max_skipped_steps)"
+            if self.config.nan_policy == "skip"
+            else "(trainer.nan_policy=error)"
+        )
+        raise TrainingDiverged(
+            f"{reason} at step {step}; training stopped {policy} before the optimizer applied "
+            f"it: {self._kept()}"
+        )
+
+    def _kept(self) -> str:
+        """What a diverged run leaves: the `last` checkpoint and, when this process wrote it,
+        its step (every checkpoint is checked finite before it is written)."""
         sharded = self.config.parallel != "none"
         last = find_checkpoint(self.run_dir / "checkpoints", ("last",), sharded)
-        kept = f"the last good checkpoint is kept at {last}" if last else "no checkpoint was written"
-        raise TrainingDiverged(f"loss is {loss} at step {step}; training stopped, {kept}")
+        if last is None:
+            return "no checkpoint was written"
+        step = self.saved_steps.get("last")
+        at = f" (step {step})" if step is not None else ""
+        return (
+            f"the last checkpoint {last}{at} holds finite weights; resume from it with a lower "
+            "optimizer.lr, or set trainer.nan_policy=skip"
+        )
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
         """Validation loss, perplexity and bits per byte over the fixed validation windows."""
         self.model.eval()
         loss_sum = 0.0
-        for inputs, targets, weight in self.val_loader.rank_batches(
-            self.world.rank, self.world.size
-        ):  # this rank's share
+        batches = self.val_loader.rank_batches(self.world.rank, self.world.size)
+        for inputs, targets, weight in batches:  # this rank's share
             with self._autocast():
                 out = self.model.loss(inputs, targets)
             loss_sum += out.ce.item() * targets.numel() * weight
         (loss_sum,) = sum_floats((loss_sum,), self.device)
         tokens = self.val_loader.num_target_tokens  # all ranks' shares together
         loss = loss_sum / tokens
-        num_bytes = (
-            tokens * self.data.val.num_bytes / len(self.data.val)
-        )  # bytes per token of this split
+        bytes_per_token = self.val_loader.bytes_per_token
+        num_bytes = math.nan if bytes_per_token is None else tokens * bytes_per_token
         result = {
             "loss": loss,
             "perplexity": math.exp(min(loss, 50.0)),
@@ -438,7 +588,9 @@ class Trainer:
             sharded = self.config.parallel != "none"
             path = resolve_resume(self.config.resume, self.run_dir, sharded)
             if path is None:
-                log.info("trainer.resume=auto: no checkpoint in %s yet, starting fresh", self.run_dir)
+                log.info(
+                    "trainer.resume=auto: no checkpoint in %s yet, starting fresh", self.run_dir
+                )
             else:
                 self.restore(path)
         return self.resumed_from
@@ -508,11 +660,31 @@ class Trainer:
             "final_train_loss": train[-1]["loss"] if train else math.nan,
             "tokens_per_s": train[-1]["tokens_per_s"] if train else math.nan,
             "skipped_steps": self.skipped,
+            "max_steps": self.config.max_steps,
+            "stopped_by": self.stopped_by,  # None, or the signal that stopped the run early
             "run_dir": str(self.run_dir),
             "checkpoints": str(self.run_dir / "checkpoints"),
             "sharded_checkpoints": self.config.parallel != "none",  # last/ and best/ directories
             "plot": str(self.run_dir / "loss.png"),
         }
+
+
+def non_finite_tensors(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> list[str]:
+    """Names of this rank's parameters, buffers and optimizer state tensors (its shards under
+    FSDP) that hold a NaN or an infinity; [] when all are finite."""
+    names = {id(p): name for name, p in model.named_parameters()}
+    named = [*model.named_parameters(), *model.named_buffers()]
+    for param, state in optimizer.state.items():
+        for key, value in state.items():
+            if torch.is_tensor(value):
+                named.append((f"optimizer state {key} of {names.get(id(param), '?')}", value))
+    local = [(n, t.to_local() if hasattr(t, "to_local") else t) for n, t in named]
+    floating = [(n, t) for n, t in local if t.is_floating_point() and t.numel()]
+    if not floating:
+        return []
+    device = floating[0][1].device  # one transfer for all the flags, not one per tensor
+    finite = torch.stack([torch.isfinite(t).all().to(device) for _, t in floating]).tolist()
+    return [name for (name, _), ok in zip(floating, finite, strict=True) if not ok]
 
 
 def expert_load(counts: torch.Tensor) -> list[list[float]]:
@@ -524,17 +696,24 @@ def expert_load(counts: torch.Tensor) -> list[list[float]]:
 def format_summary(summary: dict[str, Any]) -> str:
     """The end-of-run report a person reads."""
     minutes = summary["seconds"] / 60
+    done = f"finished {summary['steps']} steps"
+    if summary.get("stopped_by"):
+        done = f"stopped by {summary['stopped_by']} after step {summary['steps']}"
+        done += f" of {summary['max_steps']}"
     return "\n".join(
         [
             "",
             "=" * 64,
-            f"  finished {summary['steps']} steps, {summary['tokens_seen']:,} tokens in {minutes:.1f} min"
+            f"  {done}, {summary['tokens_seen']:,} tokens in {minutes:.1f} min"
             f" ({summary['tokens_per_s']:,.0f} tokens/s at the end)",
-            f"  best val loss {summary['best_val_loss']:.4f}, final val loss {summary['final_val_loss']:.4f}"
-            f" ({summary['final_val_bpb']:.4f} bits/byte); final train loss {summary['final_train_loss']:.4f}",
+            f"  best val loss {summary['best_val_loss']:.4f}, "
+            f"final val loss {summary['final_val_loss']:.4f}"
+            f" ({summary['final_val_bpb']:.4f} bits/byte); "
+            f"final train loss {summary['final_train_loss']:.4f}",
             f"  skipped steps: {summary['skipped_steps']}",
             f"  run dir:     {summary['run_dir']}",
-            f"  checkpoints: {summary['checkpoints']}/{{last,best}}{'/' if summary.get('sharded_checkpoints') else '.pt'}",
+            f"  checkpoints: {summary['checkpoints']}/{{last,best}}"
+            f"{'/' if summary.get('sharded_checkpoints') else '.pt'}",
             f"  loss plot:   {summary['plot']}",
             "=" * 64,
         ]
