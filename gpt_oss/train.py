@@ -177,7 +177,7 @@ def check_resume(cfg: DictConfig, parts: dict[str, Any], run_dir: Path) -> dict[
     )
     val = [r for r in read_metrics(path.parent.parent / "metrics.jsonl") if r.get("split") == "val"]
     return {"steps": payload["step"], "already_finished": True, "checkpoint": str(path),
-            "best_val_loss": payload["best_val"],
+            "stopped_by": None, "best_val_loss": payload["best_val"],
             "best_val_bpb": min((r["bpb"] for r in val), default=math.nan)}  # fmt: skip
 
 
