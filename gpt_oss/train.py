@@ -397,6 +397,15 @@ def _with_override(node: dict[str, Any], key: str, value: Any) -> dict[str, Any]
     return OmegaConf.to_container(config)
 
 
+# Settings a group may leave to the run, which records what it decided in its config.yaml: a
+# resume that names the same group compares the decision with the run's own, not with "auto".
+RESOLVED_BY_THE_RUN = {
+    "model.vocab_size": (None,),  # follows the data's vocabulary
+    "data.vocabulary": ("auto",),  # compact or full, by the model's vocab_size
+    "data.vocab_size": (None,),  # every id the training split uses
+}
+
+
 def _check_group_choice(
     choice: str, node: DictConfig, saved: dict[str, Any], given: list[str]
 ) -> None:
@@ -404,6 +413,8 @@ def _check_group_choice(
     group = choice.split("=", 1)[0]
     for key, value in OmegaConf.to_container(node, resolve=True).items():
         name = f"{group}.{key}"
+        if value in RESOLVED_BY_THE_RUN.get(name, ()):
+            continue  # the group says "decide from the data"; the run's config holds the decision
         if name not in given and name not in LAUNCH_FIELDS and saved.get(key, value) != value:
             raise ConfigError(
                 f"{choice} on a resume would change {group}.{key} from {saved[key]!r} to "
