@@ -397,18 +397,26 @@ def _with_override(node: dict[str, Any], key: str, value: Any) -> dict[str, Any]
     return OmegaConf.to_container(config)
 
 
+# Settings a group may leave to the run, which records what it decided in its config.yaml: a
+# resume that names the same group compares the decision with the run's own, not with "auto".
+RESOLVED_BY_THE_RUN = {
+    "model.vocab_size": (None,),  # follows the data's vocabulary
+    "data.vocabulary": ("auto",),  # compact or full, by the model's vocab_size
+    "data.vocab_size": (None,),  # every id the training split uses
+}
+
+
 def _check_group_choice(
     choice: str, node: DictConfig, saved: dict[str, Any], given: list[str]
 ) -> None:
     """ConfigError when the group chosen now differs from the run's in a field not set now.
-    A null or "auto" now (resolved when the run starts) matches what the run resolved it to."""
+    A field the run resolves from its data (RESOLVED_BY_THE_RUN) matches what it resolved to."""
     group = choice.split("=", 1)[0]
     for key, value in OmegaConf.to_container(node, resolve=True).items():
         name = f"{group}.{key}"
-        derived = value is None or value == "auto"
-        if name in given or name in LAUNCH_FIELDS or derived:
-            continue
-        if saved.get(key, value) != value:
+        if value in RESOLVED_BY_THE_RUN.get(name, ()):
+            continue  # the group says "decide from the data"; the run's config holds the decision
+        if name not in given and name not in LAUNCH_FIELDS and saved.get(key, value) != value:
             raise ConfigError(
                 f"{choice} on a resume would change {group}.{key} from {saved[key]!r} to "
                 f"{value!r}: a resume keeps the run's {group}; drop {choice} (set single fields "

@@ -158,7 +158,7 @@ def test_each_reported_value_fails_naming_field_value_and_range_before_any_data(
             "optimizer.adamw_betas=[0.9, 1.5] is invalid",
         ),
         (
-            ["schedule.warmup_steps=500"],
+            ["trainer.max_steps=300", "schedule.warmup_steps=500"],
             "schedule.warmup_steps=500 is invalid: must be <= total_steps=300",
         ),
     ],

@@ -151,8 +151,11 @@ def test_cli_reports_loss_perplexity_and_bits_per_byte(model, tmp_path):
     )
     text_file = tmp_path / "held_out.jsonl"
     text_file.write_text("\n".join(json.dumps({"text": d}) for d in DOCUMENTS))
-    cfg = compose_evaluate(
-        f"checkpoint={checkpoint}", f"text_file={text_file}", f"output={tmp_path / 'r.json'}"
+    cfg = compose_evaluate(  # float32 like the reference below (auto is bf16 on AMX CPUs)
+        f"checkpoint={checkpoint}",
+        f"text_file={text_file}",
+        f"output={tmp_path / 'r.json'}",
+        "dtype=fp32",
     )
     printed = io.StringIO()
     with redirect_stdout(printed):
@@ -175,6 +178,7 @@ def test_a_hugging_face_directory_scores_like_our_checkpoint(model, tmp_path):
         f"checkpoint={tmp_path / 'hf'}",
         f"text_file={tmp_path / 'stories.txt'}",
         "context_length=64",
+        "dtype=fp32",  # as the reference below
     )
     with redirect_stdout(io.StringIO()):
         score = run(cfg)
