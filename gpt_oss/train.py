@@ -183,9 +183,10 @@ def _train(cfg: DictConfig, parts: dict[str, Any], run_dir: Path, world: distrib
     seed_everything(parts["trainer_config"].seed)
     model = build_model(model_config, meta=parts["trainer_config"].meta_init)
     run_config = OmegaConf.to_container(cfg, resolve=True)
-    # config.yaml keeps data.vocabulary=auto and model.vocab_size=null as given (a resume
-    # resolves them again, to the same vocabulary: the trainer checks); data_prepared records
-    # what they resolved to (vocabulary, vocab_size, vocabulary_sha256)
+    # what auto and null resolved to, so config.yaml reruns as this run
+    run_config["data"]["vocabulary"] = data.vocabulary.kind
+    run_config["data"]["vocab_size"] = data.vocabulary.size
+    run_config["model"]["vocab_size"] = model_config.vocab_size
     run_config["data"]["fallback"] = data.fallback  # None, or why TinyStories was replaced
     run_config["data_prepared"] = data.summary()  # what was actually read: source, sizes, sha256
     if data.fallback:

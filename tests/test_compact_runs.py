@@ -94,11 +94,9 @@ def test_the_map_survives_prepare_train_checkpoint_load_generate_evaluate_export
     vocabulary = prepared.vocabulary  # the map prepare stored in the token files' metadata
     assert isinstance(vocabulary, CompactVocabulary) and vocabulary.size == VOCAB_SIZE
     assert prepared.train.path.parent == compact_directory(prepared.directory, VOCAB_SIZE)
-    # the run records what auto and null resolved to beside the settings as given
+    # the run recorded what auto and null resolved to
     recorded = OmegaConf.load(run_dir / "config.yaml")
-    assert recorded.model.vocab_size is None and recorded.data.vocabulary == "auto"
-    assert recorded.data_prepared.vocabulary == "compact"
-    assert recorded.data_prepared.vocab_size == VOCAB_SIZE
+    assert recorded.model.vocab_size == VOCAB_SIZE and recorded.data.vocabulary == "compact"
     assert recorded.data_prepared.vocabulary_sha256 == vocabulary.sha256
     for name in ("best.pt", "last.pt"):  # every checkpoint carries the map
         assert read_checkpoint(run_dir / "checkpoints" / name)["vocabulary"] == vocabulary.to_dict()

@@ -102,7 +102,7 @@ def test_tiny_run_trains_and_fills_the_run_directory(tmp_path):
     assert [r["step"] for r in val] == [20, 40, 60]
     # an untrained model scores about ln(vocab_size) (the compact vocabulary of the synthetic
     # corpus: ~1.3k ids, ln = 7.2); by step 20 it is well below, and it keeps falling
-    vocab_size = OmegaConf.load(run_dir / "config.yaml").data_prepared.vocab_size
+    vocab_size = OmegaConf.load(run_dir / "config.yaml").model.vocab_size
     assert summary["best_val_loss"] < val[0]["loss"] - 0.3 < math.log(vocab_size) - 1.0
     for name in ("config.yaml", "metrics.jsonl", "loss.png", "checkpoints/last.pt", "checkpoints/best.pt"):
         assert (run_dir / name).stat().st_size > 0, name
