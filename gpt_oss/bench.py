@@ -3,8 +3,8 @@
     python -m gpt_oss.bench model=mini trainer.batch_size=2 trainer.seq_len=256 bench.compare=hf
 
 Each measurement runs in a fresh worker process, so its peak memory is its own: ours through
-gpt_oss.training.trainer.Trainer.train_step (forward, backward, clipping, optimizer) on random tokens,
-and with bench.compare=hf transformers' GptOssForCausalLM of the same shape, precision and
+gpt_oss.training.trainer.Trainer.train_step (forward, backward, clipping, optimizer) on random
+tokens, and with bench.compare=hf transformers' GptOssForCausalLM of the same shape, precision and
 optimizer. The output is a table, then as its last line one JSON object.
 
 Peak memory is torch.cuda.max_memory_allocated on a GPU and the worker's peak resident set
@@ -31,6 +31,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 from torch.autograd import DeviceType
 
+from gpt_oss.cli import exit_on_input_error
 from gpt_oss.model.config import ConfigError, ModelConfig
 from gpt_oss.model.precision import (
     PRECISIONS,
@@ -38,6 +39,7 @@ from gpt_oss.model.precision import (
     cpu_has_native_bf16,
     resolve_precision,
 )
+from gpt_oss.paths import CONF_DIR
 from gpt_oss.schema import RunConfig, build, checked_command_line
 from gpt_oss.training.metrics import flops_per_token, peak_flops, synchronize
 from gpt_oss.validation import check_fields, ranged
@@ -297,7 +299,11 @@ def measure_hf(spec: dict[str, Any]) -> dict[str, Any]:
         attentions = ["flex_attention", "eager"] if device.type == "cuda" else ["eager"]
     dtype = autocast_dtype(spec["precision"])
     tokens = RandomTokens(
-        model_config.vocab_size, trainer_config.batch_size, trainer_config.seq_len, bench.seed, device
+        model_config.vocab_size,
+        trainer_config.batch_size,
+        trainer_config.seq_len,
+        bench.seed,
+        device,
     )
     for attention in attentions:
         step = hf_train_step(
@@ -344,7 +350,7 @@ def hf_train_step(
         config, attn_implementation=attention, dtype=torch.float32
     )
     model = model.to(device).train()
-    optimizer = optimizer_factory(named_as_ours(model))
+    optimizer = optimizer_factory(named_as_ours(model, model_config))
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
 
     def step() -> float:
@@ -365,14 +371,20 @@ def hf_train_step(
     return step
 
 
-def named_as_ours(model: torch.nn.Module) -> torch.nn.Module:
+def named_as_ours(model: torch.nn.Module, config: ModelConfig) -> torch.nn.Module:
     """transformers' GptOssForCausalLM with our parameter names (no "model." prefix: its
-    module names are the checkpoint keys, as ours are), so the project's optimizer factories
-    and their parameter groups apply to it unchanged. The parameters are the model's own."""
+    module names are the checkpoint keys, as ours are) and our parameter roles (those of our
+    model of the same `config`, built on the meta device), so the project's optimizer
+    factories and their parameter groups apply to it unchanged. The parameters are its own."""
+    from gpt_oss.model.model import GptOss
+    from gpt_oss.model.roles import parameter_roles
+
     view = torch.nn.Module()
     for name, child in model.model.named_children():
         view.add_module(name, child)
     view.add_module("lm_head", model.lm_head)
+    with torch.device("meta"):
+        view.PARAMETER_ROLES = parameter_roles(GptOss(config))  # full names, declared at the root
     return view
 
 
@@ -536,14 +548,9 @@ class RandomTokens:
 
 
 @checked_command_line(BenchRunConfig)
-@hydra.main(version_base=None, config_path="../conf", config_name="bench")
+@hydra.main(version_base=None, config_path=CONF_DIR, config_name="bench")
 def main(cfg: DictConfig) -> None:
-    try:
-        run(cfg)
-    except ConfigError as error:
-        # stderr, not the log: conf/bench.yaml disables logging (a benchmark only prints)
-        print(f"ConfigError: {error}", file=sys.stderr, flush=True)
-        raise SystemExit(2) from error
+    exit_on_input_error(run, cfg)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 wrong type fails at compose time), resolvers, and `build`, which instantiates and validates
 every config group.
 
-Imported by the entry points only (train, bench, data): library code never touches Hydra. Model, data and trainer are typed by the library's own dataclasses, each
+Imported by the entry points only (train, bench, data): library code never touches Hydra.
+Model, data and trainer are typed by the library's own dataclasses, each
 widened with the `_target_` that `hydra.utils.instantiate` needs; optimizer, schedule and
 logger are open dicts because their keys depend on the chosen target.
 """
@@ -31,6 +32,7 @@ from omegaconf.errors import InterpolationResolutionError
 from gpt_oss.data.config import DataConfig, DataError, default_cache_dir
 from gpt_oss.model.config import ConfigError, ModelConfig, layer_pattern
 from gpt_oss.model.vocabulary import follow_data, planned_size, resolve_vocabulary
+from gpt_oss.paths import config_root
 from gpt_oss.studies.gpu_pool import gpu_count
 from gpt_oss.training import distributed
 from gpt_oss.training.trainer import TrainerConfig
@@ -104,7 +106,9 @@ def check(cfg: Container, schema: type = RunConfig) -> None:
     `+` included) with the nearest valid one, and every declared range (gpt_oss.validation).
     The `hydra` node, when present, is Hydra's own."""
     node = {
-        key: OmegaConf.to_container(cfg[key], resolve=True) if OmegaConf.is_config(cfg[key]) else cfg[key]
+        key: OmegaConf.to_container(cfg[key], resolve=True)
+        if OmegaConf.is_config(cfg[key])
+        else cfg[key]
         for key in cfg
         if key != "hydra"
     }
@@ -204,8 +208,9 @@ def layers_resolver(name: str, num_layers: int | None = None, *, _parent_: Conta
 
 
 def repo_dir() -> str:
-    """`${repo_dir:}`: the source checkout (conf/, experiments/), wherever the command runs."""
-    return str(Path(__file__).resolve().parents[1])
+    """`${repo_dir:}`: the folder holding conf/ and experiments/, wherever the command runs: the
+    source checkout, or the installed package folder (never site-packages itself)."""
+    return str(config_root())
 
 
 # At import, not in register(): multirun workers compose configs (hydra.searchpath, sweeps) in
@@ -227,7 +232,9 @@ def check_partial(factory: Any, group: str, first_arg: str) -> None:
         inspect.signature(factory.func).bind(None, **factory.keywords)
     except TypeError as error:
         params = [p for p in inspect.signature(factory.func).parameters if p != first_arg]
-        raise ConfigError(f"{group} config does not fit {factory.func.__name__}: {error}; valid keys: {params}") from error
+        raise ConfigError(
+            f"{group} config does not fit {factory.func.__name__}: {error}; valid keys: {params}"
+        ) from error
 
 
 def make(node: DictConfig, group: str, /, **kwargs: Any) -> Any:
@@ -283,7 +290,24 @@ def build(cfg: DictConfig, root: type = RunConfig) -> dict[str, Any]:
         "data_config": data_config,
         "optimizer": optimizer,
         "schedule": schedule,
+        "init_from": init_weights(model_config, trainer_config),
     }
+
+
+def init_weights(model_config: ModelConfig, trainer_config: TrainerConfig) -> str | None:
+    """trainer.init_from, checked against the model's shapes now (before any data is prepared;
+    the weights themselves load once the model is built); None without init_from."""
+    if not trainer_config.init_from:
+        return None
+    if trainer_config.meta_init:
+        raise ConfigError(
+            "trainer.init_from cannot be combined with trainer.meta_init=true: "
+            "the weights come from init_from; set trainer.meta_init=false"
+        )
+    from gpt_oss.training.weights import check_init_from
+
+    check_init_from(model_config, trainer_config.init_from)
+    return trainer_config.init_from
 
 
 def dry_run(optimizer: Any, schedule: Any) -> None:

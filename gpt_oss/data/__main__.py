@@ -4,8 +4,8 @@ files ahead of training and prints what it read and wrote."""
 from __future__ import annotations
 
 import logging
+import sys
 import time
-from pathlib import Path
 
 import hydra
 from hydra.utils import instantiate
@@ -15,10 +15,13 @@ from gpt_oss import schema
 from gpt_oss.data.config import DataError
 from gpt_oss.data.prepare import PreparedData, prepare
 from gpt_oss.model.config import ConfigError
+from gpt_oss.paths import CONF_DIR
 
 log = logging.getLogger("gpt_oss.data")
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 schema.register()
+# Preparing data only prints: no run directory, .hydra folder or log file (given first, so the
+# user's own hydra.* overrides still win).
+NO_RUN_DIR = ["hydra.run.dir=.", "hydra.output_subdir=null", "hydra/job_logging=stdout"]
 
 
 def format_summary(prepared: PreparedData, seconds: float) -> str:
@@ -45,7 +48,7 @@ def format_summary(prepared: PreparedData, seconds: float) -> str:
     return "\n".join(lines)
 
 
-@hydra.main(config_path=str(CONF_DIR), config_name="config", version_base=None)
+@hydra.main(config_path=CONF_DIR, config_name="config", version_base=None)
 def main(cfg: DictConfig) -> None:
     """Compose conf/config.yaml, prepare `data` (its vocabulary resolved against `model`, as
     training resolves it), print the summary."""
@@ -60,5 +63,11 @@ def main(cfg: DictConfig) -> None:
     print(format_summary(prepared, time.perf_counter() - start), flush=True)
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """`python -m gpt_oss.data` and the console script `gpt-oss-data`."""
+    sys.argv[1:1] = NO_RUN_DIR
     main()
+
+
+if __name__ == "__main__":
+    cli()

@@ -16,7 +16,6 @@ checksum disagrees) is a DataError naming the file, as for the o200k files.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import time
@@ -31,11 +30,11 @@ from gpt_oss.data.tokens import (
     FORMAT,
     TOKEN_DTYPE,
     TokenFile,
-    atomic_write_text,
     fsync_directory,
-    metadata_checksum,
     read_metadata,
+    write_metadata,
 )
+from gpt_oss.files import remove_stale_temporaries, temporary_path
 from gpt_oss.model.tokenizer import ENCODING_NAME
 from gpt_oss.model.vocabulary import (
     CompactVocabulary,
@@ -66,11 +65,11 @@ def open_compact(
         metadata = read_metadata(bin_path)
         if metadata is None:
             return None
-        if "metadata_sha256" not in metadata:
-            log.info("%s was written by an older version: preparing it again", bin_path)
-            return None
         if metadata.get("o200k_sha256") != source.metadata["sha256"]:
             log.info("%s was mapped from another %s split: preparing it again", bin_path, split)
+            return None
+        if "metadata_sha256" not in metadata:
+            log.info("%s was written by an older version: preparing it again", bin_path)
             return None
         files[split] = TokenFile.open(bin_path, verify_checksum)
     split_vocabularies = {split: file_vocabulary(file) for split, file in files.items()}
@@ -85,8 +84,11 @@ def write_compact(
     directory: Path, sources: dict[str, TokenFile], size: int | None
 ) -> dict[str, TokenFile]:
     """Build the compact vocabulary from sources["train"] (size ids, or exactly the ids it uses
-    for None) and write every split in it to `directory` (the caller holds its lock)."""
+    for None) and write every split in it to `directory` (the caller holds its lock).
+    Temporaries of killed mappings there are removed first."""
     start = time.perf_counter()
+    for stale in remove_stale_temporaries(directory):
+        log.info("removed %s, left by a mapping that was killed", stale)
     try:
         vocabulary = CompactVocabulary.from_counts(count_tokens(sources["train"].tokens), size)
     except VocabularyError as error:
@@ -112,12 +114,14 @@ def file_vocabulary(file: TokenFile) -> Vocabulary:
         vocabulary = vocabulary_from_dict(file.metadata.get("vocabulary"))
     except VocabularyError as error:
         raise DataError(
-            f"{file.path.with_suffix('.json')}: {error}. Delete {file.path.parent} to prepare again."
+            f"{file.path.with_suffix('.json')}: {error}. "
+            f"Delete {file.path.parent} to prepare again."
         ) from error
     if vocabulary.size != file.metadata.get("vocab_size"):
         raise DataError(
             f"{file.path.with_suffix('.json')} says vocab_size={file.metadata.get('vocab_size')} "
-            f"but its vocabulary has {vocabulary.size} ids. Delete {file.path.parent} to prepare again."
+            f"but its vocabulary has {vocabulary.size} ids. "
+            f"Delete {file.path.parent} to prepare again."
         )
     return vocabulary
 
@@ -129,7 +133,7 @@ def _write_split(
     atomically, then write its metadata (last, as for the o200k files)."""
     bin_path = directory / f"{split}.bin"
     bin_path.with_suffix(".json").unlink(missing_ok=True)  # stale metadata must not outlive it
-    tmp = directory / f".{split}.bin.{os.getpid()}.tmp"
+    tmp = temporary_path(bin_path)
     digest, num_tokens, spelled, start = hashlib.sha256(), 0, 0, time.perf_counter()
     try:
         with open(tmp, "wb") as handle:
@@ -147,8 +151,7 @@ def _write_split(
         tmp.unlink(missing_ok=True)
     metadata = _metadata(split, source, vocabulary, num_tokens, digest.hexdigest())
     metadata |= {"spelled_o200k_tokens": spelled, "seconds": round(time.perf_counter() - start, 3)}
-    metadata["metadata_sha256"] = metadata_checksum(metadata)  # last: it covers every field
-    atomic_write_text(bin_path.with_suffix(".json"), json.dumps(metadata, indent=2) + "\n")
+    write_metadata(bin_path, metadata)
     fsync_directory(directory)
     return TokenFile.open(bin_path, verify_checksum="never")  # just computed
 
