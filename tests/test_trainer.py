@@ -146,7 +146,8 @@ def _nan_gradient_at(step: int, model: GptOss) -> None:
 
 def _all_finite(checkpoint: dict) -> bool:
     tensors = list(checkpoint["model"].values())
-    tensors += [v for s in checkpoint["optimizer"]["state"].values() for v in s.values()]
+    optimizer = checkpoint.get("optimizer", {"state": {}})  # best.pt: weights only by default
+    tensors += [v for s in optimizer["state"].values() for v in s.values()]
     return all(torch.isfinite(t).all() for t in tensors if t.is_floating_point())
 
 
