@@ -3,8 +3,8 @@
     python -m gpt_oss.bench model=mini trainer.batch_size=2 trainer.seq_len=256 bench.compare=hf
 
 Each measurement runs in a fresh worker process, so its peak memory is its own: ours through
-gpt_oss.training.trainer.Trainer.train_step (forward, backward, clipping, optimizer) on random tokens,
-and with bench.compare=hf transformers' GptOssForCausalLM of the same shape, precision and
+gpt_oss.training.trainer.Trainer.train_step (forward, backward, clipping, optimizer) on random
+tokens, and with bench.compare=hf transformers' GptOssForCausalLM of the same shape, precision and
 optimizer. The output is a table, then as its last line one JSON object.
 
 Peak memory is torch.cuda.max_memory_allocated on a GPU and the worker's peak resident set
@@ -31,6 +31,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 from torch.autograd import DeviceType
 
+from gpt_oss.cli import exit_on_input_error
 from gpt_oss.model.config import ConfigError, ModelConfig
 from gpt_oss.model.precision import (
     PRECISIONS,
@@ -298,7 +299,11 @@ def measure_hf(spec: dict[str, Any]) -> dict[str, Any]:
         attentions = ["flex_attention", "eager"] if device.type == "cuda" else ["eager"]
     dtype = autocast_dtype(spec["precision"])
     tokens = RandomTokens(
-        model_config.vocab_size, trainer_config.batch_size, trainer_config.seq_len, bench.seed, device
+        model_config.vocab_size,
+        trainer_config.batch_size,
+        trainer_config.seq_len,
+        bench.seed,
+        device,
     )
     for attention in attentions:
         step = hf_train_step(
@@ -545,12 +550,7 @@ class RandomTokens:
 @checked_command_line(BenchRunConfig)
 @hydra.main(version_base=None, config_path=CONF_DIR, config_name="bench")
 def main(cfg: DictConfig) -> None:
-    try:
-        run(cfg)
-    except ConfigError as error:
-        # stderr, not the log: conf/bench.yaml disables logging (a benchmark only prints)
-        print(f"ConfigError: {error}", file=sys.stderr, flush=True)
-        raise SystemExit(2) from error
+    exit_on_input_error(run, cfg)
 
 
 if __name__ == "__main__":

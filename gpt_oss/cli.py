@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -11,10 +12,15 @@ from gpt_oss.training.checkpoint import CheckpointError
 Result = TypeVar("Result")
 
 
+INPUT_ERROR_STATUS = 2  # as train's: a usage error, not a crash (status 1 is a traceback)
+
+
 def exit_on_input_error(run: Callable[..., Result], *args: object) -> Result:
     """run(*args); a bad config, checkpoint or input (ConfigError, CheckpointError, ValueError)
-    ends the command with exit status 1 and "ErrorType: message" on stderr, not a traceback."""
+    ends the command with exit status 2 and "ErrorType: message" on stderr, not a traceback.
+    stderr, not the log: some entry points disable logging (bench, info only print)."""
     try:
         return run(*args)
     except (ConfigError, CheckpointError, ValueError) as error:
-        raise SystemExit(f"{type(error).__name__}: {error}") from error
+        print(f"{type(error).__name__}: {error}", file=sys.stderr, flush=True)
+        raise SystemExit(INPUT_ERROR_STATUS) from error

@@ -49,7 +49,11 @@ def consolidate_checkpoint(
     run_config = state.get("run_config")
     vocabulary = checkpoint_vocabulary(state, directory)  # checked before anything is written
     save_checkpoint(
-        out, model, step=state["step"], run_config=run_config, source=str(directory),
+        out,
+        model,
+        step=state["step"],
+        run_config=run_config,
+        source=str(directory),
         vocabulary=state.get("vocabulary"),
     )
     if hf_dir is not None:

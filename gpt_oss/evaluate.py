@@ -23,6 +23,7 @@ import hydra
 import torch
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig
+from tqdm.auto import tqdm
 
 from gpt_oss.cli import exit_on_input_error
 from gpt_oss.data.tokens import encode_text
@@ -37,6 +38,7 @@ from gpt_oss.paths import CONF_DIR
 from gpt_oss.schema import check, checked_command_line
 from gpt_oss.training.loading import load_text_vocabulary, load_with_vocabulary
 from gpt_oss.training.metrics import bits_per_byte
+from gpt_oss.training.runtime import set_device_threads
 from gpt_oss.validation import ranged
 
 DEFAULT_CONTEXT = 1024  # when the checkpoint does not say what it was trained on
@@ -57,8 +59,10 @@ class EvaluateConfig:
     batch_size: int = ranged(8, "[1, inf)")  # windows per forward pass
     max_documents: int | None = ranged(None, "[1, inf)")  # null = all
     device: str = "auto"  # auto = cuda when present, else cpu
-    dtype: str = "auto"  # auto = bf16 on cuda, fp32 on cpu; or bf16, fp16, fp32
+    dtype: str = "auto"  # auto = bf16 on cuda and native-bf16 CPUs, else fp32; bf16, fp16, fp32
     output: str | None = None  # also write the result as JSON here
+    threads: int = ranged(0, "[0, inf)")  # CPU: intra-op threads; 0 = the cores free of other work
+    progress: bool = True  # a progress bar (tokens scored) on stderr
 
 
 ConfigStore.instance().store(name="evaluate_schema", node=EvaluateConfig)
@@ -102,8 +106,9 @@ def read_documents(
     field: str = "text",
     max_documents: int | None = None,
 ) -> list[str]:
-    """Documents of a .jsonl file (one {field: text} per line, as gpt_oss.data.sources reads them) or of
-    a text file split at separator (None = one per line), stripped; empty ones are skipped."""
+    """Documents of a .jsonl file (one {field: text} per line, as gpt_oss.data.sources reads them)
+    or of a text file split at separator (None = one per line), stripped; empty ones are
+    skipped."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"text_file={str(path)!r} does not exist")
@@ -183,6 +188,8 @@ def score_documents(
     stride: int,
     batch_size: int,
     vocabulary: Vocabulary | None = None,
+    progress: bool = False,
+    autocast: torch.dtype | None = None,
 ) -> Score:
     """Loss over every token of every document (and its closing <|endoftext|>), the tokens in
     the model's vocabulary (default: the full o200k_harmony one); bytes are the documents'
@@ -201,11 +208,28 @@ def score_documents(
         windows += document_windows(ids, context_length, stride)
         tokens += len(ids) - 1
     windows.sort(key=lambda w: len(w[0]), reverse=True)  # similar lengths share a batch
-    loss_sum = sum(
-        window_loss_sum(model, windows[i : i + batch_size])
-        for i in range(0, len(windows), batch_size)
-    )
+    loss_sum, device = 0.0, model.lm_head.weight.device.type
+    with tqdm(total=tokens, desc="evaluate", unit="tok", unit_scale=True, disable=not progress,
+              mininterval=1.0, dynamic_ncols=True) as bar:  # fmt: skip
+        for first in range(0, len(windows), batch_size):
+            batch = windows[first : first + batch_size]
+            with torch.autocast(device, autocast, enabled=autocast is not None):
+                loss_sum += window_loss_sum(model, batch)
+            bar.update(sum(sum(t != IGNORE_INDEX for t in targets) for _, targets in batch))
     return Score(loss_sum, tokens, num_bytes, len(documents))
+
+
+def weights_and_autocast(
+    precision: str, device: torch.device
+) -> tuple[torch.dtype, torch.dtype | None]:
+    """(weight dtype, autocast dtype or None) for a resolved precision. On a GPU the weights
+    are cast (a 20B model in bf16 fits one GPU); on a CPU they stay float32 and the matmuls
+    run under autocast, as training's validation runs them (so the two agree), at the speed of
+    the CPU's bf16 units."""
+    dtype = DTYPES[precision]
+    if device.type != "cpu" or precision == "fp32":
+        return dtype, None
+    return torch.float32, dtype
 
 
 def default_context(run_config: dict[str, Any], model: GptOss) -> int:
@@ -219,12 +243,14 @@ def run(cfg: DictConfig) -> Score:
     check(cfg, EvaluateConfig)
     if cfg.stride is not None and cfg.context_length is not None:
         check_stride(cfg.stride, cfg.context_length)
-    documents = read_documents(cfg.text_file, cfg.separator, cfg.field, cfg.max_documents)
     device = resolve_device(cfg.device)
+    set_device_threads(device, cfg.threads, "threads")
+    documents = read_documents(cfg.text_file, cfg.separator, cfg.field, cfg.max_documents)
     vocabulary = load_text_vocabulary(cfg.checkpoint)  # cheap: no weights are read
-    model, _, run_config = load_with_vocabulary(
-        cfg.checkpoint, device, DTYPES[resolve_precision(cfg.dtype, device, "dtype")]
+    weights, autocast = weights_and_autocast(
+        resolve_precision(cfg.dtype, device, "dtype", native_cpu_bf16=True), device
     )
+    model, _, run_config = load_with_vocabulary(cfg.checkpoint, device, weights)
     context = cfg.context_length or default_context(run_config, model)
     positions = model.config.max_position_embeddings
     if context > positions:
@@ -234,13 +260,17 @@ def run(cfg: DictConfig) -> Score:
         )
     stride = cfg.stride or max(context // 2, 1)
     check_stride(stride, context)
-    score = score_documents(model, documents, context, stride, cfg.batch_size, vocabulary)
+    score = score_documents(
+        model, documents, context, stride, cfg.batch_size, vocabulary, cfg.progress, autocast
+    )
     print(
-        f"{cfg.checkpoint} on {cfg.text_file}: {score.documents} documents, {score.tokens:,} tokens, "
+        f"{cfg.checkpoint} on {cfg.text_file}: "
+        f"{score.documents} documents, {score.tokens:,} tokens, "
         f"{score.bytes:,} bytes (context {context}, stride {stride})"
     )
     print(
-        f"loss {score.loss:.4f} | perplexity {score.perplexity:.3f} | bits per byte {score.bits_per_byte:.4f}"
+        f"loss {score.loss:.4f} | perplexity {score.perplexity:.3f} | "
+        f"bits per byte {score.bits_per_byte:.4f}"
     )
     if cfg.output:
         Path(cfg.output).write_text(

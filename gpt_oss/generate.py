@@ -36,6 +36,7 @@ from gpt_oss.model.vocabulary import FullVocabulary, Vocabulary, VocabularyError
 from gpt_oss.paths import CONF_DIR
 from gpt_oss.schema import check, checked_command_line
 from gpt_oss.training.loading import load_text_vocabulary, load_with_vocabulary
+from gpt_oss.training.runtime import set_device_threads
 from gpt_oss.validation import ranged
 
 
@@ -57,6 +58,7 @@ class GenerateConfig:
     stream: bool = True  # print a single prompt's tokens as they come
     device: str = "auto"  # auto = cuda when present, else cpu
     dtype: str = "auto"  # auto = bf16 on cuda, fp32 on cpu; or bf16, fp16, fp32
+    threads: int = ranged(0, "[0, inf)")  # CPU: intra-op threads; 0 = the cores free of other work
 
 
 ConfigStore.instance().store(name="generate_schema", node=GenerateConfig)
@@ -114,13 +116,14 @@ def run(cfg: DictConfig, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> 
     """Check every setting, load, generate every prompt in batches, print prompt +
     continuation and the speed."""
     check(cfg, GenerateConfig)
+    device = resolve_device(cfg.device)
+    set_device_threads(device, cfg.threads, "threads")
     sampling = SamplingConfig(cfg.temperature, cfg.top_k, cfg.top_p)
     sampling.validate()
     texts = read_prompts(cfg.prompts_file) if cfg.prompts_file else [cfg.prompt]
     vocabulary = load_text_vocabulary(cfg.checkpoint)  # cheap: no weights are read
     prompts = [encode_prompt(text, cfg.start, vocabulary) for text in texts]
     stops = [token_id(str(s), vocabulary=vocabulary) for s in cfg.stop]
-    device = resolve_device(cfg.device)
     model, _, _ = load_with_vocabulary(
         cfg.checkpoint, device, DTYPES[resolve_precision(cfg.dtype, device, "dtype")]
     )
@@ -130,8 +133,16 @@ def run(cfg: DictConfig, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> 
         streaming = cfg.stream and len(prompts) == 1
         results.append(
             _generate_and_print(
-                model, vocabulary, cfg, sampling, stops, texts[batch], prompts[batch], first,
-                streaming, out,
+                model,
+                vocabulary,
+                cfg,
+                sampling,
+                stops,
+                texts[batch],
+                prompts[batch],
+                first,
+                streaming,
+                out,
             )
         )
         err.write(speed_report(results[-1]) + "\n")

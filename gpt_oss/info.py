@@ -6,13 +6,12 @@ python -m gpt_oss.info model=full gpus=8 batch_size=1 seq_len=4096   # per-GPU t
 
 from __future__ import annotations
 
-import sys
-
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from gpt_oss import schema
+from gpt_oss.cli import exit_on_input_error
 from gpt_oss.model.config import ConfigError, ModelConfig
 from gpt_oss.model.size import (
     format_report,
@@ -55,7 +54,11 @@ def report(cfg: DictConfig) -> None:
             f"{config.max_position_embeddings}"
         )
     counts = parameter_counts(config)
-    name = HydraConfig.get().runtime.choices.get("model", "model") if HydraConfig.initialized() else "model"
+    name = (
+        HydraConfig.get().runtime.choices.get("model", "model")
+        if HydraConfig.initialized()
+        else "model"
+    )
     print(format_report(name, config, counts))
     plan_args = (cfg.gpus, cfg.batch_size, cfg.seq_len, cfg.activation_checkpointing)
     plan = training_memory(config, *plan_args)
@@ -70,11 +73,7 @@ def report(cfg: DictConfig) -> None:
 @schema.checked_command_line(schema.InfoConfig)
 @hydra.main(version_base=None, config_path=CONF_DIR, config_name="info")
 def main(cfg: DictConfig) -> None:
-    try:
-        report(cfg)
-    except ConfigError as error:
-        print(f"ConfigError: {error}", file=sys.stderr, flush=True)
-        raise SystemExit(2) from error
+    exit_on_input_error(report, cfg)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 wrong type fails at compose time), resolvers, and `build`, which instantiates and validates
 every config group.
 
-Imported by the entry points only (train, bench, data): library code never touches Hydra. Model, data and trainer are typed by the library's own dataclasses, each
+Imported by the entry points only (train, bench, data): library code never touches Hydra.
+Model, data and trainer are typed by the library's own dataclasses, each
 widened with the `_target_` that `hydra.utils.instantiate` needs; optimizer, schedule and
 logger are open dicts because their keys depend on the chosen target.
 """
@@ -105,7 +106,9 @@ def check(cfg: Container, schema: type = RunConfig) -> None:
     `+` included) with the nearest valid one, and every declared range (gpt_oss.validation).
     The `hydra` node, when present, is Hydra's own."""
     node = {
-        key: OmegaConf.to_container(cfg[key], resolve=True) if OmegaConf.is_config(cfg[key]) else cfg[key]
+        key: OmegaConf.to_container(cfg[key], resolve=True)
+        if OmegaConf.is_config(cfg[key])
+        else cfg[key]
         for key in cfg
         if key != "hydra"
     }
@@ -231,7 +234,9 @@ def check_partial(factory: Any, group: str, first_arg: str) -> None:
         inspect.signature(factory.func).bind(None, **factory.keywords)
     except TypeError as error:
         params = [p for p in inspect.signature(factory.func).parameters if p != first_arg]
-        raise ConfigError(f"{group} config does not fit {factory.func.__name__}: {error}; valid keys: {params}") from error
+        raise ConfigError(
+            f"{group} config does not fit {factory.func.__name__}: {error}; valid keys: {params}"
+        ) from error
 
 
 def make(node: DictConfig, group: str, /, **kwargs: Any) -> Any:
@@ -297,8 +302,10 @@ def init_weights(model_config: ModelConfig, trainer_config: TrainerConfig) -> st
     if not trainer_config.init_from:
         return None
     if trainer_config.meta_init:
-        raise ConfigError("trainer.init_from cannot be combined with trainer.meta_init=true: "
-                          "the weights come from init_from; set trainer.meta_init=false")  # fmt: skip
+        raise ConfigError(
+            "trainer.init_from cannot be combined with trainer.meta_init=true: "
+            "the weights come from init_from; set trainer.meta_init=false"
+        )
     from gpt_oss.training.weights import check_init_from
 
     check_init_from(model_config, trainer_config.init_from)

@@ -97,9 +97,13 @@ def provenance(overrides: list[str] | None = None) -> dict[str, Any]:
     directory (and its W&B run, whose name is short) says what produced it."""
     source = Path(__file__).parent
     commit, dirty = _git(["rev-parse", "HEAD"], source), _git(["status", "--porcelain"], source)
-    return {"torch": str(torch.__version__), "python": sys.version.split()[0],
-            "git_commit": commit, "git_dirty": None if commit is None else bool(dirty),
-            "overrides": list(overrides or [])}
+    return {
+        "torch": str(torch.__version__),
+        "python": sys.version.split()[0],
+        "git_commit": commit,
+        "git_dirty": None if commit is None else bool(dirty),
+        "overrides": list(overrides or []),
+    }
 
 
 def _git(args: list[str], cwd: Path) -> str | None:
@@ -125,7 +129,9 @@ def run(cfg: DictConfig, run_dir: str | Path, overrides: list[str] | None = None
 
     parts = build(cfg)
     trainer_config = parts["trainer_config"]
-    with distributed.process_group(trainer_config.parallel, resolve_device(trainer_config.device, "trainer.device")) as world:
+    with distributed.process_group(
+        trainer_config.parallel, resolve_device(trainer_config.device, "trainer.device")
+    ) as world:
         run_dir = Path(distributed.broadcast_object(str(run_dir)))  # rank 0's ${now:...} wins
         changes: list[str] = []
         if overrides is not None:  # after the broadcast: trainer.resume=auto means rank 0's dir
@@ -175,7 +181,9 @@ def check_resume(cfg: DictConfig, parts: dict[str, Any], run_dir: Path) -> dict[
             "best_val_bpb": min((r["bpb"] for r in val), default=math.nan)}  # fmt: skip
 
 
-def _train(cfg: DictConfig, parts: dict[str, Any], run_dir: Path, world: distributed.World) -> dict[str, Any]:
+def _train(
+    cfg: DictConfig, parts: dict[str, Any], run_dir: Path, world: distributed.World
+) -> dict[str, Any]:
     from gpt_oss.model.size import parameter_counts
     from gpt_oss.training.trainer import Trainer, format_summary, seed_everything
 
@@ -229,16 +237,27 @@ def build_loaders(
 
     device = training_device(config, world)
     micro = config.batch_size // config.grad_accum  # over all ranks; each takes its share
-    train = TrainLoader(data.train, micro // world.size, config.seq_len, config.seed,
-                        device=device, rank=world.rank, world_size=world.size)
+    train = TrainLoader(
+        data.train,
+        micro // world.size,
+        config.seq_len,
+        config.seed,
+        device=device,
+        rank=world.rank,
+        world_size=world.size,
+    )
     val = ValLoader(data.val, micro, config.seq_len, max_batches=config.eval_batches, device=device)
     return train, val
 
 
-def follow_data_vocabulary(model_config: ModelConfig, data: PreparedData, data_config: DataConfig) -> ModelConfig:
+def follow_data_vocabulary(
+    model_config: ModelConfig, data: PreparedData, data_config: DataConfig
+) -> ModelConfig:
     """The model config with the prepared data's vocabulary size (null follows it); a stated
     size that disagrees is a ConfigError naming both, before any model is built."""
-    size = follow_data(model_config.vocab_size, data.vocabulary.size, vocabulary_setting(data_config))
+    size = follow_data(
+        model_config.vocab_size, data.vocabulary.size, vocabulary_setting(data_config)
+    )
     return dataclasses.replace(model_config, vocab_size=size)
 
 
@@ -267,14 +286,17 @@ def follower_overrides(argv: list[str]) -> list[str]:
     return ["hydra.run.dir=.", "hydra.output_subdir=null", *logging_overrides]
 
 
-def make_loggers(node: DictConfig, group: str | None = None, name: str | None = None) -> LoggerGroup:
+def make_loggers(
+    node: DictConfig, group: str | None = None, name: str | None = None
+) -> LoggerGroup:
     """Every logger the `logger` group selected (logger=[wandb,tensorboard,csv]), as one.
     A W&B group or name left null gets the sweep's group and the run's short name."""
     loggers = {}
     for key, entry in node.items():
         if not OmegaConf.is_dict(entry) or "_target_" not in entry:
             raise ConfigError(
-                f"logger.{key}={OmegaConf.to_container(entry) if OmegaConf.is_config(entry) else entry!r} "
+                f"logger.{key}="
+                f"{OmegaConf.to_container(entry) if OmegaConf.is_config(entry) else entry!r} "
                 "is not a logger: `logger` holds one entry per logger, chosen with logger=wandb or "
                 "logger=[wandb,tensorboard,csv]; set a logger's options under its name, e.g. "
                 f"logger.wandb.{key}=..."
@@ -283,9 +305,15 @@ def make_loggers(node: DictConfig, group: str | None = None, name: str | None = 
     return LoggerGroup(loggers)
 
 
-def _missing_identity(logger_cfg: DictConfig, group: str | None, name: str | None) -> dict[str, str]:
+def _missing_identity(
+    logger_cfg: DictConfig, group: str | None, name: str | None
+) -> dict[str, str]:
     fields = {"group": group, "name": name}
-    return {k: v for k, v in fields.items() if v is not None and k in logger_cfg and logger_cfg[k] is None}
+    return {
+        k: v
+        for k, v in fields.items()
+        if v is not None and k in logger_cfg and logger_cfg[k] is None
+    }
 
 
 def _task_overrides() -> list[str]:
@@ -312,7 +340,9 @@ TYPED_GROUPS = ("model", "data", "trainer")  # schema dataclasses: only their fi
 HYDRA_RECORD = ".hydra"  # written by write_hydra_record once the run starts (not by Hydra)
 
 
-def resume_config(cfg: DictConfig, overrides: list[str], run_dir: Path) -> tuple[DictConfig, list[str]]:
+def resume_config(
+    cfg: DictConfig, overrides: list[str], run_dir: Path
+) -> tuple[DictConfig, list[str]]:
     """With trainer.resume: the config of the run it continues (stored in its checkpoint) with
     only `overrides` (the command line's, as typed) applied, and what they changed
     ("trainer.max_steps: 300 -> 400"). Unchanged cfg when there is nothing to resume yet.
@@ -338,13 +368,17 @@ def resume_config(cfg: DictConfig, overrides: list[str], run_dir: Path) -> tuple
     for group in RUN_GROUPS:
         if group == "logger" and group in given or group not in saved:
             continue
-        node = {k: v for k, v in saved[group].items() if group not in TYPED_GROUPS or k in cfg[group]}
+        node = {
+            k: v for k, v in saved[group].items() if group not in TYPED_GROUPS or k in cfg[group]
+        }
         if group in given:
             choice = next(o.value() for o in parsed if o.key_or_group == group)
             _check_group_choice(f"{group}={choice}", cfg[group], node, given)
         for key in given:
             if key.startswith(f"{group}."):
-                node = _with_override(node, key.removeprefix(f"{group}."), OmegaConf.select(cfg, key))
+                node = _with_override(
+                    node, key.removeprefix(f"{group}."), OmegaConf.select(cfg, key)
+                )
         if group in TYPED_GROUPS:  # a schema dataclass: set field by field
             for key, value in node.items():
                 merged[group][key] = value
@@ -363,7 +397,9 @@ def _with_override(node: dict[str, Any], key: str, value: Any) -> dict[str, Any]
     return OmegaConf.to_container(config)
 
 
-def _check_group_choice(choice: str, node: DictConfig, saved: dict[str, Any], given: list[str]) -> None:
+def _check_group_choice(
+    choice: str, node: DictConfig, saved: dict[str, Any], given: list[str]
+) -> None:
     """ConfigError when the group chosen now differs from the run's in a field not set now."""
     group = choice.split("=", 1)[0]
     for key, value in OmegaConf.to_container(node, resolve=True).items():
@@ -391,7 +427,9 @@ def _changes(saved: dict[str, Any], merged: DictConfig) -> list[str]:
 def _leaves(node: Any, prefix: str) -> dict[str, Any]:
     if not isinstance(node, dict):
         return {prefix: node}
-    return {k: v for key, value in node.items() for k, v in _leaves(value, f"{prefix}.{key}").items()}
+    return {
+        k: v for key, value in node.items() for k, v in _leaves(value, f"{prefix}.{key}").items()
+    }
 
 
 def write_hydra_record(run_dir: Path, cfg: DictConfig, resumed_from: Path | None) -> None:
@@ -403,8 +441,12 @@ def write_hydra_record(run_dir: Path, cfg: DictConfig, resumed_from: Path | None
         return
     hc = HydraConfig.get()
     overrides = list(hc.overrides.task)
-    earlier_record = resumed_from.parent.parent / HYDRA_RECORD / "overrides.yaml" if resumed_from else None
-    earlier = list(OmegaConf.load(earlier_record)) if earlier_record and earlier_record.is_file() else []
+    earlier_record = (
+        resumed_from.parent.parent / HYDRA_RECORD / "overrides.yaml" if resumed_from else None
+    )
+    earlier = (
+        list(OmegaConf.load(earlier_record)) if earlier_record and earlier_record.is_file() else []
+    )
     keys = {o.split("=", 1)[0].lstrip("+~") for o in overrides}
     overrides = [o for o in earlier if o.split("=", 1)[0].lstrip("+~") not in keys] + overrides
     record = run_dir / HYDRA_RECORD
@@ -422,7 +464,13 @@ def main(cfg: DictConfig) -> float:
     run_dir, overrides = Path(hc.runtime.output_dir), list(hc.overrides.task)
     try:
         summary = run(cfg, run_dir, overrides)
-    except (ConfigError, CheckpointError, VocabularyError, InterpolationResolutionError, _data_error()) as error:
+    except (
+        ConfigError,
+        CheckpointError,
+        VocabularyError,
+        InterpolationResolutionError,
+        _data_error(),
+    ) as error:
         # stderr, not the log file: a refused resume leaves its run directory as it was
         print(f"{type(error).__name__}: {error}", file=sys.stderr, flush=True)
         discard_unused_run_dir(run_dir)

@@ -45,7 +45,7 @@ class Interval:
 
     @classmethod
     def parse(cls, text: str) -> Interval:
-        """"[1, inf)", "(0, 1]", "[-inf, 0)": brackets are closed ends, parentheses open ones."""
+        """ "[1, inf)", "(0, 1]", "[-inf, 0)": brackets are closed ends, parentheses open ones."""
         text = text.strip()
         low, high = (part.strip() for part in text[1:-1].split(","))
         interval = cls(_number(low), _number(high), text[0] == "[", text[-1] == "]")
@@ -134,7 +134,9 @@ def _spec(interval: Interval, annotation: Any) -> Spec:
     if origin in (tuple, list):
         items = [a for a in typing.get_args(element) if a is not Ellipsis]
         sequence = True
-        length = len(items) if origin is tuple and Ellipsis not in typing.get_args(element) else None
+        length = (
+            len(items) if origin is tuple and Ellipsis not in typing.get_args(element) else None
+        )
         element = items[0] if items else float
     return Spec(interval, element is int, optional, sequence, length)
 
@@ -158,7 +160,9 @@ def argument_ranges(function: Callable) -> dict[str, Spec]:
     function = function.__init__ if inspect.isclass(function) else function
     intervals = getattr(function, "__ranges__", {})
     parameters = inspect.signature(function, eval_str=True).parameters
-    return {name: _spec(interval, parameters[name].annotation) for name, interval in intervals.items()}
+    return {
+        name: _spec(interval, parameters[name].annotation) for name, interval in intervals.items()
+    }
 
 
 def declared_ranges(target: Callable) -> dict[str, Spec]:

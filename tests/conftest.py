@@ -108,7 +108,9 @@ def tinystories_sample_path() -> Path | None:
         capture_output=True, text=True, cwd=root, check=False,
     ).stdout.strip()  # fmt: skip
     if common:
-        candidates.append(Path(common).parent.parent / "shared" / "data" / "tinystories_sample.jsonl")
+        candidates.append(
+            Path(common).parent.parent / "shared" / "data" / "tinystories_sample.jsonl"
+        )
     return next((path for path in candidates if path.is_file()), None)
 
 

@@ -144,7 +144,9 @@ def test_bad_bench_config_fails_before_any_worker_starts(override, message):
 
 def test_precision_auto_is_bf16_on_gpus_and_else_what_the_cpu_runs_natively():
     def bench(name: str, device: str) -> str:
-        return resolve_precision(name, torch.device(device), "bench.precision", native_cpu_bf16=True)
+        return resolve_precision(
+            name, torch.device(device), "bench.precision", native_cpu_bf16=True
+        )
 
     assert bench("auto", "cuda") == "bf16"
     assert bench("fp32", "cuda") == "fp32"
@@ -159,8 +161,14 @@ def test_the_transformers_step_trains_with_the_runs_own_optimizer_and_parameter_
     from gpt_oss.model.hf import hf_config
 
     config = ModelConfig(
-        vocab_size=1000, hidden_size=32, intermediate_size=32, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, head_dim=16, num_experts=4,
+        vocab_size=1000,
+        hidden_size=32,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        num_experts=4,
         experts_per_token=2,
     )
     hf = transformers.GptOssForCausalLM._from_config(

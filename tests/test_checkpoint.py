@@ -58,8 +58,8 @@ class _Payload:
 def _crafted(path: Path, marker: Path, model) -> Path:
     """A file that looks like one of our checkpoints and runs code when unpickled."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"format": FORMAT, "model_config": model.config.to_dict(), "model": model.state_dict(),
-               "run_config": {}, "hook": _Payload(marker)}  # fmt: skip
+    payload = {"format": FORMAT, "model_config": model.config.to_dict(),
+               "model": model.state_dict(), "run_config": {}, "hook": _Payload(marker)}  # fmt: skip
     torch.save(payload, path)
     torch.load(path, weights_only=False)  # the payload is live: an unsafe load creates the marker
     assert marker.exists()
@@ -238,7 +238,8 @@ def test_a_truncated_safetensors_file_is_a_checkpoint_error_naming_it(make_model
 
 def _prepared_synthetic(tmp_path: Path):
     config = DataConfig(source="synthetic", name="synthetic", synthetic_train_stories=200,
-                        synthetic_val_stories=20, cache_dir=str(tmp_path / "cache"), num_proc=1)  # fmt: skip
+                        synthetic_val_stories=20, cache_dir=str(tmp_path / "cache"),
+                        num_proc=1)  # fmt: skip
     return config, prepare(config, progress=False)
 
 
@@ -374,7 +375,10 @@ def test_a_full_disk_is_named_with_the_path_and_the_size_and_keeps_the_old_check
     disk.mkdir()
     script = tmp_path / "disk_full.py"
     script.write_text(DISK_FULL)
-    command = f"mount -t tmpfs -o size=256k tmpfs {disk} && {sys.executable} {script} {disk} {ROOT / 'tests'}"
+    command = (
+        f"mount -t tmpfs -o size=256k tmpfs {disk} && "
+        f"{sys.executable} {script} {disk} {ROOT / 'tests'}"
+    )
     result = subprocess.run(["unshare", "-rm", "sh", "-c", command], capture_output=True,
                             text=True, timeout=300, cwd=ROOT)  # fmt: skip
     out = result.stdout

@@ -172,8 +172,10 @@ def test_bits_per_byte_agree_between_evaluate_and_training_validation(trained, s
 def test_a_stated_vocab_size_that_disagrees_is_refused_before_any_work(story_files, tmp_path):
     cache, run_dir = tmp_path / "cache", tmp_path / "run"
     for extra, message in (
-        (["model.vocab_size=5000"], r"model.vocab_size=5000 disagrees with the data's vocabulary of 2048 ids"),
-        (["model.vocab_size=201088", "data.vocabulary=compact"], r"model.vocab_size=201088 disagrees .* of 2048 ids"),
+        (["model.vocab_size=5000"],
+         r"model.vocab_size=5000 disagrees with the data's vocabulary of 2048 ids"),
+        (["model.vocab_size=201088", "data.vocabulary=compact"],
+         r"model.vocab_size=201088 disagrees .* of 2048 ids"),
     ):  # fmt: skip
         cfg = compose_config("config", *run_overrides(story_files, cache, *extra))
         with pytest.raises(ConfigError, match=message):
@@ -185,7 +187,8 @@ def test_a_stated_vocab_size_that_disagrees_is_refused_before_any_work(story_fil
     cfg = compose_config("config", *run_overrides(story_files, cache, *extra))
     with pytest.raises(
         ConfigError,
-        match=r"model.vocab_size=5000 disagrees .* of \d+ ids \(data.vocabulary=compact, data.vocab_size=null\)",
+        match=r"model.vocab_size=5000 disagrees .* of \d+ ids "
+        r"\(data.vocabulary=compact, data.vocab_size=null\)",
     ):
         train(cfg, run_dir)
     assert not run_dir.exists()
@@ -210,7 +213,12 @@ def test_resuming_with_another_vocabulary_is_refused(trained, story_files, tmp_p
     cfg = compose_config(
         "config",
         # more steps: a resume of a run that already finished trains nothing and says so
-        *run_overrides(files, tmp_path / "cache", f"trainer.resume={trained['run_dir']}", "trainer.max_steps=16"),
+        *run_overrides(
+            files,
+            tmp_path / "cache",
+            f"trainer.resume={trained['run_dir']}",
+            "trainer.max_steps=16",
+        ),
     )
     with pytest.raises(CheckpointError, match="another vocabulary"):
         train(cfg, tmp_path / "run")
@@ -271,7 +279,9 @@ def test_compact_files_are_reused_remapped_when_stale_and_refused_when_damaged(
     metadata["vocabulary"]["o200k_ids"][-2] += 1  # a damaged map
     meta_path.write_text(json.dumps(metadata))
     with pytest.raises(  # the metadata's own checksum (issue 14.2) sees the edit first
-        DataError, match=r"train.json (was edited or is corrupt|: compact vocabulary checksum mismatch).*Delete"
+        DataError,
+        match=r"train.json (was edited or is corrupt|: compact vocabulary checksum mismatch)"
+        r".*Delete",
     ):
         prepare(config, progress=False)
 

@@ -82,8 +82,11 @@ def test_pairs_are_marked_beyond_noise_by_welch_with_holm(seeded_sweep):
     rows, swept = compare.compare_rows(compare.load_runs([seeded_sweep]))
     _, pairs = compare.seed_noise_tables(rows, swept)
     names = list(FINAL_BPB)
-    expected = [(a, b, *welch(FINAL_BPB[a], FINAL_BPB[b])) for i, a in enumerate(names)
-                for b in names[i + 1:]]
+    expected = [
+        (a, b, *welch(FINAL_BPB[a], FINAL_BPB[b]))
+        for i, a in enumerate(names)
+        for b in names[i + 1 :]
+    ]
     raw = [p for *_, p in expected]
     # Holm by hand: sort ascending, multiply by (m - rank), keep the running maximum
     order = np.argsort(raw)
@@ -134,8 +137,9 @@ def test_interval_plot_draws_error_bars_at_the_setting_means(seeded_sweep):
     rows, swept = compare.compare_rows(compare.load_runs([seeded_sweep]))
     settings, _ = compare.seed_noise_tables(rows, swept)
     fig, ax = plt.subplots()
-    compare._plot_final(ax, settings, ["model.num_experts"], "model.num_experts",
-                        "final_val_bpb", interval=True)
+    compare._plot_final(
+        ax, settings, ["model.num_experts"], "model.num_experts", "final_val_bpb", interval=True
+    )
     line = ax.get_lines()[0]
     assert list(line.get_xdata()) == [4, 16, 32]
     means = [np.mean(FINAL_BPB[e]) for e in ("4", "16", "32")]
@@ -162,6 +166,9 @@ def test_the_seeds_of_one_setting_share_a_wandb_group_inside_the_sweeps():
     api = Api()
     with pytest.raises(LookupError):
         compare.load_wandb_runs("gpt-oss-1", "p", api=api)
-    matches = [g for g in ("gpt-oss-1", "gpt-oss-1/model.num_experts=8", "gpt-oss-10", "gpt-oss-1x")
-               if re.search(api.pattern, g)]
+    matches = [
+        g
+        for g in ("gpt-oss-1", "gpt-oss-1/model.num_experts=8", "gpt-oss-10", "gpt-oss-1x")
+        if re.search(api.pattern, g)
+    ]
     assert matches == ["gpt-oss-1", "gpt-oss-1/model.num_experts=8"]

@@ -57,7 +57,9 @@ def test_a_ranged_factory_refuses_a_bad_argument_when_called_directly():
     from gpt_oss.model.model import GptOss
 
     model = GptOss(ModelConfig(**UNIT_TEST_SHAPE))
-    with pytest.raises(ConfigError, match=r"adamw\.lr=0 is invalid: must be a number in \(0, inf\)"):
+    with pytest.raises(
+        ConfigError, match=r"adamw\.lr=0 is invalid: must be a number in \(0, inf\)"
+    ):
         adamw(model, lr=0)
     optimizer = adamw(model)
     with pytest.raises(ConfigError, match=r"warmup_cosine\.min_lr_ratio=-0\.1 .* \[0, 1\]"):
@@ -66,32 +68,64 @@ def test_a_ranged_factory_refuses_a_bad_argument_when_called_directly():
 
 # ---------------------------------------------------- each instance reported in issue 14.7
 def tiny_run_overrides(tmp_path: Path, *extra: str) -> list[str]:
-    return [*TINY, f"data.cache_dir={tmp_path / 'cache'}", "data.synthetic_train_stories=50",
-            "data.synthetic_val_stories=10", *extra]
+    return [
+        *TINY,
+        f"data.cache_dir={tmp_path / 'cache'}",
+        "data.synthetic_train_stories=50",
+        "data.synthetic_val_stories=10",
+        *extra,
+    ]
 
 
 @pytest.mark.parametrize(
     "override, message",
     [
         ("trainer.seed=-1", "trainer.seed=-1 is invalid: must be an integer in [0, 4294967295]"),
-        ("model.initializer_range=-0.02", "model.initializer_range=-0.02 is invalid: must be a number in (0, inf)"),
+        (
+            "model.initializer_range=-0.02",
+            "model.initializer_range=-0.02 is invalid: must be a number in (0, inf)",
+        ),
         ("model.initializer_range=0", "model.initializer_range=0.0 is invalid"),
-        ("model.rope_ntk_beta=-1", "model.rope_ntk_beta=-1.0 is invalid: must be a number in (0, inf)"),
+        (
+            "model.rope_ntk_beta=-1",
+            "model.rope_ntk_beta=-1.0 is invalid: must be a number in (0, inf)",
+        ),
         ("model.swiglu_alpha=-1.702", "model.swiglu_alpha=-1.702 is invalid"),
-        ("model.router_aux_loss_coef=-0.01", "model.router_aux_loss_coef=-0.01 is invalid: must be a number in [0, inf)"),
+        (
+            "model.router_aux_loss_coef=-0.01",
+            "model.router_aux_loss_coef=-0.01 is invalid: must be a number in [0, inf)",
+        ),
         ("model.router_z_loss_coef=-0.001", "model.router_z_loss_coef=-0.001 is invalid"),
         ("model.expert_bias_rate=-0.001", "model.expert_bias_rate=-0.001 is invalid"),
         ("optimizer.lr=-1e-3", "optimizer.lr=-0.001 is invalid: must be a number in (0, inf)"),
         ("optimizer.lr=0", "optimizer.lr=0 is invalid"),
         ("optimizer.eps=0", "optimizer.eps=0 is invalid: must be a number in (0, inf)"),
-        ("optimizer.betas=[0.9,1.0]", "optimizer.betas=[0.9, 1.0] is invalid: each must be a number in [0, 1)"),
+        (
+            "optimizer.betas=[0.9,1.0]",
+            "optimizer.betas=[0.9, 1.0] is invalid: each must be a number in [0, 1)",
+        ),
         ("optimizer.betas=[-0.1,0.95]", "optimizer.betas=[-0.1, 0.95] is invalid"),
-        ("optimizer.weight_decay=-0.1", "optimizer.weight_decay=-0.1 is invalid: must be a number in [0, inf)"),
-        ("schedule.warmup_steps=-5", "schedule.warmup_steps=-5 is invalid: must be an integer in [0, inf) (or null)"),
-        ("schedule.warmup_fraction=1.5", "schedule.warmup_fraction=1.5 is invalid: must be a number in [0, 1]"),
-        ("schedule.min_lr_ratio=-0.1", "schedule.min_lr_ratio=-0.1 is invalid: must be a number in [0, 1]"),
+        (
+            "optimizer.weight_decay=-0.1",
+            "optimizer.weight_decay=-0.1 is invalid: must be a number in [0, inf)",
+        ),
+        (
+            "schedule.warmup_steps=-5",
+            "schedule.warmup_steps=-5 is invalid: must be an integer in [0, inf) (or null)",
+        ),
+        (
+            "schedule.warmup_fraction=1.5",
+            "schedule.warmup_fraction=1.5 is invalid: must be a number in [0, 1]",
+        ),
+        (
+            "schedule.min_lr_ratio=-0.1",
+            "schedule.min_lr_ratio=-0.1 is invalid: must be a number in [0, 1]",
+        ),
         ("trainer.grad_clip=-1", "trainer.grad_clip=-1.0 is invalid: must be a number in [0, inf)"),
-        ("trainer.max_skipped_steps=-1", "trainer.max_skipped_steps=-1 is invalid: must be an integer in [0, inf)"),
+        (
+            "trainer.max_skipped_steps=-1",
+            "trainer.max_skipped_steps=-1 is invalid: must be an integer in [0, inf)",
+        ),
     ],
 )
 def test_each_reported_value_fails_naming_field_value_and_range_before_any_data(
@@ -107,11 +141,26 @@ def test_each_reported_value_fails_naming_field_value_and_range_before_any_data(
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        (["schedule=wsd", "schedule.decay_fraction=1.2"], "schedule.decay_fraction=1.2 is invalid: must be a number in [0, 1]"),
-        (["optimizer=muon", "optimizer.ns_steps=0"], "optimizer.ns_steps=0 is invalid: must be an integer in [1, inf)"),
-        (["optimizer=muon", "optimizer.momentum=-0.5"], "optimizer.momentum=-0.5 is invalid: must be a number in [0, 1)"),
-        (["optimizer=muon", "optimizer.adamw_betas=[0.9,1.5]"], "optimizer.adamw_betas=[0.9, 1.5] is invalid"),
-        (["schedule.warmup_steps=500"], "schedule.warmup_steps=500 is invalid: must be <= total_steps=300"),
+        (
+            ["schedule=wsd", "schedule.decay_fraction=1.2"],
+            "schedule.decay_fraction=1.2 is invalid: must be a number in [0, 1]",
+        ),
+        (
+            ["optimizer=muon", "optimizer.ns_steps=0"],
+            "optimizer.ns_steps=0 is invalid: must be an integer in [1, inf)",
+        ),
+        (
+            ["optimizer=muon", "optimizer.momentum=-0.5"],
+            "optimizer.momentum=-0.5 is invalid: must be a number in [0, 1)",
+        ),
+        (
+            ["optimizer=muon", "optimizer.adamw_betas=[0.9,1.5]"],
+            "optimizer.adamw_betas=[0.9, 1.5] is invalid",
+        ),
+        (
+            ["trainer.max_steps=300", "schedule.warmup_steps=500"],
+            "schedule.warmup_steps=500 is invalid: must be <= total_steps=300",
+        ),
     ],
 )
 def test_other_groups_options_fail_the_same_way(tmp_path, overrides, message):
@@ -152,15 +201,26 @@ def test_evaluate_refuses_a_context_longer_than_the_models_positions(tmp_path):
     save_checkpoint(checkpoint, GptOss(config))
     text = tmp_path / "text.jsonl"
     text.write_text('{"text": "Once upon a time"}\n')
-    cfg = compose_from("evaluate", f"checkpoint={checkpoint}", f"text_file={text}", "context_length=65")
+    cfg = compose_from(
+        "evaluate", f"checkpoint={checkpoint}", f"text_file={text}", "context_length=65"
+    )
     with pytest.raises(ConfigError, match=r"context_length=65 is invalid: must be in \[1, 64\]"):
         evaluate.run(cfg)
 
 
 def _tiny_model() -> dict:
-    return {"vocab_size": 201088, "hidden_size": 16, "intermediate_size": 16,
-            "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 1,
-            "head_dim": 8, "num_experts": 2, "experts_per_token": 1, "sliding_window": 8}
+    return {
+        "vocab_size": 201088,
+        "hidden_size": 16,
+        "intermediate_size": 16,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 1,
+        "head_dim": 8,
+        "num_experts": 2,
+        "experts_per_token": 1,
+        "sliding_window": 8,
+    }
 
 
 @pytest.mark.parametrize(
@@ -170,7 +230,10 @@ def _tiny_model() -> dict:
         ("batch_size=-1", "batch_size=-1 is invalid"),
         ("seq_len=0", "seq_len=0 is invalid"),
         ("gpu_memory_gb=0", "gpu_memory_gb=0.0 is invalid: must be a number in (0, inf)"),
-        ("seq_len=200000", "seq_len=200000 is invalid: exceeds model.max_position_embeddings=131072"),
+        (
+            "seq_len=200000",
+            "seq_len=200000 is invalid: exceeds model.max_position_embeddings=131072",
+        ),
     ],
 )
 def test_info_refuses_bad_values_before_printing(override, message, capsys):
@@ -183,7 +246,10 @@ def test_info_refuses_bad_values_before_printing(override, message, capsys):
 def test_bench_with_zero_steps_exits_2_and_says_why(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "gpt_oss.bench", "model=tiny", "bench.steps=0"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 2
     assert "bench.steps=0 is invalid: must be an integer in [1, inf)" in result.stderr
@@ -213,9 +279,14 @@ def settings(node: dict, target, prefix: str = "") -> list[tuple[str, Spec]]:
         parameters = inspect.signature(function, eval_str=True).parameters.values()
         numeric_names = [p.name for p in parameters if numeric(p.annotation)]
     undeclared = sorted(set(numeric_names) - set(declared))
-    assert not undeclared, f"{prefix or target.__name__}: numeric settings without a range {undeclared}"
-    found = [(f"{prefix}.{name}" if prefix else name, spec) for name, spec in declared.items()
-             if name in node]
+    assert not undeclared, (
+        f"{prefix or target.__name__}: numeric settings without a range {undeclared}"
+    )
+    found = [
+        (f"{prefix}.{name}" if prefix else name, spec)
+        for name, spec in declared.items()
+        if name in node
+    ]
     hints = typing.get_type_hints(target) if is_dataclass(target) else {}
     for key, value in node.items():
         if key in INSTANTIATE_KEYS or not isinstance(value, dict):
@@ -244,20 +315,29 @@ def out_of_range(spec: Spec) -> list:
 
 def entry_points(tmp_path: Path) -> list[tuple[str, object, type, object]]:
     """(name, composed config, schema, the function that starts the work)."""
+
     def train(cfg):
         return train_run(cfg, tmp_path / "run")
 
     variants = [[], ["optimizer=muon"], ["schedule=constant"], ["schedule=wsd"], ["logger=wandb"]]
     points = [
-        (f"train {' '.join(v)}", compose_from("config", *tiny_run_overrides(tmp_path, *v)),
-         schema.RunConfig, train)
+        (
+            f"train {' '.join(v)}",
+            compose_from("config", *tiny_run_overrides(tmp_path, *v)),
+            schema.RunConfig,
+            train,
+        )
         for v in variants
     ]
     points += [
         ("bench", compose_from("bench", "model=tiny"), bench.BenchRunConfig, bench.run),
         ("evaluate", evaluate_cfg(), evaluate.EvaluateConfig, evaluate.run),
-        ("generate", compose_from("generate", "checkpoint=no_such_run"), generate.GenerateConfig,
-         generate.run),
+        (
+            "generate",
+            compose_from("generate", "checkpoint=no_such_run"),
+            generate.GenerateConfig,
+            generate.run,
+        ),
         ("info", compose_from("info", "model=tiny"), schema.InfoConfig, info.report),
     ]
     return points
@@ -266,8 +346,12 @@ def entry_points(tmp_path: Path) -> list[tuple[str, object, type, object]]:
 def test_every_numeric_setting_of_every_schema_refuses_values_outside_its_range(tmp_path, capsys):
     covered = set()
     for name, cfg, root, start in entry_points(tmp_path):
-        node = {k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k])
-                else cfg[k] for k in cfg}
+        node = {
+            k: OmegaConf.to_container(cfg[k], resolve=True)
+            if OmegaConf.is_config(cfg[k])
+            else cfg[k]
+            for k in cfg
+        }
         walked = settings(node, root)
         assert walked, name
         for path, spec in walked:
@@ -288,16 +372,29 @@ def test_every_numeric_setting_of_every_schema_refuses_values_outside_its_range(
         assert not (tmp_path / "cache").exists() and not (tmp_path / "run").exists(), name
     assert capsys.readouterr().out == ""  # nothing was reported, so nothing ran
     # the settings issue 14 named, each walked
-    assert {"trainer.seed", "model.initializer_range", "optimizer.ns_steps", "optimizer.momentum",
-            "schedule.decay_fraction", "logger.wandb.init_timeout", "bench.steps", "max_documents",
-            "context_length", "gpus", "top_p", "data.val_fraction"} <= covered
+    assert {
+        "trainer.seed",
+        "model.initializer_range",
+        "optimizer.ns_steps",
+        "optimizer.momentum",
+        "schedule.decay_fraction",
+        "logger.wandb.init_timeout",
+        "bench.steps",
+        "max_documents",
+        "context_length",
+        "gpus",
+        "top_p",
+        "data.val_fraction",
+    } <= covered
 
 
 def test_a_wrong_type_in_an_open_group_is_named_too(tmp_path):
     cfg = compose_from("config", *tiny_run_overrides(tmp_path, "optimizer.lr=fast"))
     with pytest.raises(ConfigError, match=r"optimizer.lr='fast' is invalid: must be a number"):
         build(cfg)
-    cfg = compose_from("config", *tiny_run_overrides(tmp_path, "optimizer=muon", "optimizer.ns_steps=2.5"))
+    cfg = compose_from(
+        "config", *tiny_run_overrides(tmp_path, "optimizer=muon", "optimizer.ns_steps=2.5")
+    )
     with pytest.raises(ConfigError, match=r"optimizer.ns_steps=2.5 is invalid: must be an integer"):
         build(cfg)
 
@@ -306,7 +403,10 @@ def test_a_wrong_type_in_an_open_group_is_named_too(tmp_path):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["model.num_expert=4"], "model.num_expert is not a valid key: did you mean model.num_experts?"),
+        (
+            ["model.num_expert=4"],
+            "model.num_expert is not a valid key: did you mean model.num_experts?",
+        ),
         (["trainer.max_step=10"], "did you mean trainer.max_steps?"),
         (["optimizer.lrr=1e-3"], "optimizer.lrr is not a valid key: did you mean optimizer.lr?"),
         (["-m", "model.num_expert=4,8"], "did you mean model.num_experts?"),
@@ -325,7 +425,12 @@ def test_misspelled_keys_on_the_command_line_get_the_nearest_valid_key(args, mes
     [
         ["model=tiny", "model.num_experts=8", "trainer.max_steps=5", "optimizer.lr=1e-3"],
         ["-m", "experiment=expert_count", "experiments/scale=gpu", "hydra/launcher=gpu_pool"],
-        ["+experiments=expert_count", "+model.extra=1", "hydra.run.dir=x", "logger.wandb.mode=offline"],
+        [
+            "+experiments=expert_count",
+            "+model.extra=1",
+            "hydra.run.dir=x",
+            "logger.wandb.mode=offline",
+        ],
         ["debug=smoke", "paths.data_dir=/tmp/x", "name=x", "model.layer_types=[full_attention]"],
     ],
 )
@@ -346,7 +451,9 @@ def test_other_entry_points_suggest_their_own_keys():
 
 def test_a_key_forced_in_with_plus_is_refused_with_the_nearest_valid_key(tmp_path):
     cfg = compose_from("config", *tiny_run_overrides(tmp_path, "+model.num_expert=4"))
-    with pytest.raises(ConfigError, match=r"model.num_expert is not a valid key: did you mean model.num_experts\?"):
+    with pytest.raises(
+        ConfigError, match=r"model.num_expert is not a valid key: did you mean model.num_experts\?"
+    ):
         build(cfg)
     cfg = compose_from("config", *tiny_run_overrides(tmp_path, "+optimizer.learnig_rate=1e-3"))
     with pytest.raises(ConfigError) as error:
@@ -359,9 +466,17 @@ def test_a_key_forced_in_with_plus_is_refused_with_the_nearest_valid_key(tmp_pat
 
 def train_cli(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "gpt_oss.train", *tiny_run_overrides(tmp_path, *overrides),
-         f"hydra.run.dir={tmp_path / 'run'}"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "gpt_oss.train",
+            *tiny_run_overrides(tmp_path, *overrides),
+            f"hydra.run.dir={tmp_path / 'run'}",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
 
 

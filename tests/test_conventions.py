@@ -112,7 +112,10 @@ def test_an_unknown_experiment_fails_naming_it_and_the_valid_ones(override):
 
 
 def test_experiment_typed_with_plus_is_named_on_the_command_line_with_the_right_spelling():
-    with pytest.raises(ConfigError, match=r"\+experiment=nonexistent is invalid: .*write experiment=nonexistent without the \+"):
+    with pytest.raises(
+        ConfigError,
+        match=r"\+experiment=nonexistent is invalid: .*write experiment=nonexistent without the \+",
+    ):
         schema.check_command_line(["+experiment=nonexistent"], schema.RunConfig)
 
 
@@ -132,9 +135,18 @@ def test_an_unknown_root_key_added_with_plus_fails_instead_of_training_the_defau
 
 def test_an_unknown_plus_experiment_on_the_command_line_exits_2_and_writes_nothing(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "gpt_oss.train", "+experiment=nonexistent", "logger=none",
-         f"hydra.run.dir={tmp_path / 'run'}"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "gpt_oss.train",
+            "+experiment=nonexistent",
+            "logger=none",
+            f"hydra.run.dir={tmp_path / 'run'}",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 2 and "experiment=nonexistent" in result.stderr
     assert not (tmp_path / "run").exists()
@@ -171,10 +183,20 @@ def small_corpus(tmp_path_factory) -> dict[str, Path]:
 def one_step(corpus: dict[str, Path], *overrides: str) -> list[str]:
     """Small and quick: model=tiny narrowed to hidden 16, a tiny batch, no logger."""
     return [
-        *overrides, "model.hidden_size=16", "data=text", f"data.train_files=[{corpus['file']}]",
-        "data.val_fraction=0.1", f"data.cache_dir={corpus['cache']}", "logger=none",
-        "trainer.device=cpu", "trainer.batch_size=2", "trainer.seq_len=32", "trainer.max_steps=1",
-        "trainer.eval_every=1", "trainer.eval_batches=1", "trainer.checkpoint_every=1",
+        *overrides,
+        "model.hidden_size=16",
+        "data=text",
+        f"data.train_files=[{corpus['file']}]",
+        "data.val_fraction=0.1",
+        f"data.cache_dir={corpus['cache']}",
+        "logger=none",
+        "trainer.device=cpu",
+        "trainer.batch_size=2",
+        "trainer.seq_len=32",
+        "trainer.max_steps=1",
+        "trainer.eval_every=1",
+        "trainer.eval_batches=1",
+        "trainer.checkpoint_every=1",
         "trainer.progress=false",
     ]
 
@@ -210,7 +232,11 @@ def test_every_debug_config_runs_one_step(name, small_corpus, tmp_path):
 
 def test_the_debug_configs_set_what_their_names_promise():
     smoke = compose_run("debug=smoke")
-    assert (smoke.trainer.max_steps, smoke.trainer.eval_every, smoke.trainer.checkpoint_every) == (1, 1, 1)
+    assert (smoke.trainer.max_steps, smoke.trainer.eval_every, smoke.trainer.checkpoint_every) == (
+        1,
+        1,
+        1,
+    )
     assert compose_run("debug=overfit").trainer.overfit_batches == 1
     profiler = compose_run("debug=profiler").trainer
     assert profiler.profile_steps == profiler.max_steps > 1
@@ -246,9 +272,14 @@ def test_overfitting_repeats_the_first_batches_and_resumes_on_them():
 
 @pytest.mark.slow
 def test_overfitting_one_batch_drives_its_loss_down(small_corpus, tmp_path):
-    cfg = compose_run(*one_step(small_corpus, "debug=overfit"), "trainer.max_steps=30",
-                      "trainer.log_every=1", "trainer.eval_every=30", "trainer.checkpoint_every=30",
-                      "optimizer.lr=3e-2")
+    cfg = compose_run(
+        *one_step(small_corpus, "debug=overfit"),
+        "trainer.max_steps=30",
+        "trainer.log_every=1",
+        "trainer.eval_every=30",
+        "trainer.checkpoint_every=30",
+        "optimizer.lr=3e-2",
+    )
     train_run(cfg, tmp_path / "run")
     losses = [r["loss"] for r in read_records(tmp_path / "run") if r["split"] == "train"]
     # the same 64 tokens, learnt by heart: 12.2 -> 3.4 here (fresh batches: 12.2 -> 7.6)
@@ -266,13 +297,19 @@ def test_an_optuna_sweep_of_two_trials_returns_the_best_validation_bits_per_byte
     overrides = one_step(small_corpus, "hparams_search=optuna", "model=tiny")
     overrides = [o for o in overrides if not o.startswith("trainer.max_steps")]
     command = [
-        sys.executable, "-m", "gpt_oss.train", *overrides, "trainer.max_steps=2",
-        "hydra.sweeper.n_trials=2", "hydra.sweeper.sampler.n_startup_trials=2",
+        sys.executable,
+        "-m",
+        "gpt_oss.train",
+        *overrides,
+        "trainer.max_steps=2",
+        "hydra.sweeper.n_trials=2",
+        "hydra.sweeper.sampler.n_startup_trials=2",
         f"hydra.sweep.dir={sweep}",
     ]
     env = os.environ | {"TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True,
-                            timeout=900)
+    result = subprocess.run(
+        command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
     trials = sorted(p for p in sweep.iterdir() if p.name.isdigit())

@@ -402,7 +402,8 @@ def test_unreachable_hub_with_fallback_error_names_the_alternatives(tmp_path, of
 
 
 def fill_hf_cache(hf_cache: Path, train: Path, validation: Path) -> None:
-    """Lay out a dataset in the HF cache the way load_dataset("roneneldan/TinyStories") leaves it."""
+    """Lay out a dataset in the HF cache the way load_dataset("roneneldan/TinyStories") leaves
+    it."""
     import datasets
 
     build = hf_cache.parent / "hf-build"

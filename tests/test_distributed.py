@@ -214,7 +214,8 @@ def test_activation_estimate_is_close_to_what_autograd_saves(make_config, single
     from gpt_oss.model.model import GptOss
 
     config = make_config(hidden_size=256, intermediate_size=256, num_attention_heads=4,
-                         head_dim=64, num_experts=8, moe_impl="grouped", attn_impl="sdpa")  # fmt: skip
+                         head_dim=64, num_experts=8, moe_impl="grouped",
+                         attn_impl="sdpa")  # fmt: skip
     model = GptOss(config)
     weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
 
@@ -233,7 +234,8 @@ def test_activation_estimate_is_close_to_what_autograd_saves(make_config, single
 @pytest.mark.slow
 def test_fsdp_in_one_process_writes_shards_that_consolidate_to_our_format_and_hf(tmp_path):
     steps = ["trainer.max_steps=2", "trainer.seq_len=32", "trainer.eval_every=2",
-             "trainer.checkpoint_every=2", "trainer.parallel=fsdp", "trainer.meta_init=true"]  # fmt: skip
+             "trainer.checkpoint_every=2", "trainer.parallel=fsdp",
+             "trainer.meta_init=true"]  # fmt: skip
     run_dir = tmp_path / "fsdp"
     run(compose_run(*tiny_overrides(tmp_path, *steps)), run_dir)  # a group of one, meta init
     assert (run_dir / "checkpoints" / "last" / ".metadata").is_file()
@@ -291,7 +293,8 @@ def _free_port() -> int:
 def _start_rank(workdir: Path, rank: int, port: int, overrides: list[str]) -> subprocess.Popen:
     """One rank started by hand, as torchrun would (its own log file, never the cwd)."""
     env = os.environ | {"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2",
-                        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1"}  # fmt: skip
+                        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+                        "OMP_NUM_THREADS": "1"}  # fmt: skip
     log = workdir / "logs" / f"rank{rank}-{port}.log"
     log.parent.mkdir(exist_ok=True)
     with open(log, "w") as out:
@@ -338,7 +341,9 @@ def test_two_rank_shards_consolidate_to_the_one_process_weights(fsdp_run, one_pr
         # Adam divides each gradient by its own RMS: float32 rounding in near-zero gradients
         # (summed in another order over two ranks) can move single weights by up to ~lr per
         # step, so compare whole tensors: the relative error of each must stay tiny.
-        error = (weights[name].float() - tensor.float()).norm() / tensor.float().norm().clamp(min=1e-12)
+        error = (weights[name].float() - tensor.float()).norm() / tensor.float().norm().clamp(
+            min=1e-12
+        )
         assert error < 1e-3, (name, float(error))
     assert all(
         torch.equal(weights[n], expected[n]) for n in expected if n.endswith("selection_bias")
@@ -369,7 +374,8 @@ def test_ddp_under_torchrun_matches_one_process(workdir, one_process):
 @pytest.mark.slow
 def test_two_process_run_killed_and_resumed_continues_identically(fsdp_run, workdir):
     run_dir, port = workdir / "killed", _free_port()
-    overrides = [*_overrides(workdir, "trainer.parallel=fsdp", "trainer.activation_checkpointing=true"),
+    overrides = [*_overrides(workdir, "trainer.parallel=fsdp",
+                             "trainer.activation_checkpointing=true"),
                  f"hydra.run.dir={run_dir}"]  # fmt: skip
     ranks = [_start_rank(workdir, rank, port, overrides) for rank in (0, 1)]
     deadline = time.time() + 240
@@ -391,7 +397,8 @@ def test_a_signal_to_one_rank_stops_both_after_the_same_step_and_they_resume_ide
     fsdp_run, workdir
 ):
     run_dir = workdir / "signalled"
-    overrides = [*_overrides(workdir, "trainer.parallel=fsdp", "trainer.activation_checkpointing=true"),
+    overrides = [*_overrides(workdir, "trainer.parallel=fsdp",
+                             "trainer.activation_checkpointing=true"),
                  f"hydra.run.dir={run_dir}"]  # fmt: skip
 
     def start() -> list[subprocess.Popen]:

@@ -151,8 +151,9 @@ def test_cli_reports_loss_perplexity_and_bits_per_byte(model, tmp_path):
     )
     text_file = tmp_path / "held_out.jsonl"
     text_file.write_text("\n".join(json.dumps({"text": d}) for d in DOCUMENTS))
-    cfg = compose_evaluate(
-        f"checkpoint={checkpoint}", f"text_file={text_file}", f"output={tmp_path / 'r.json'}"
+    cfg = compose_evaluate(  # float32 like the reference below (auto is bf16 on AMX CPUs)
+        f"checkpoint={checkpoint}", f"text_file={text_file}", f"output={tmp_path / 'r.json'}",
+        "dtype=fp32",
     )
     printed = io.StringIO()
     with redirect_stdout(printed):
@@ -161,8 +162,8 @@ def test_cli_reports_loss_perplexity_and_bits_per_byte(model, tmp_path):
     assert score.loss_sum == pytest.approx(expected.loss_sum, rel=1e-6)
     assert "4 documents" in printed.getvalue() and "(context 24, stride 12)" in printed.getvalue()
     assert (
-        f"loss {score.loss:.4f} | perplexity {score.perplexity:.3f} | bits per byte {score.bits_per_byte:.4f}"
-        in printed.getvalue()
+        f"loss {score.loss:.4f} | perplexity {score.perplexity:.3f} | "
+        f"bits per byte {score.bits_per_byte:.4f}" in printed.getvalue()
     )
     written = json.loads((tmp_path / "r.json").read_text())
     assert written["bpb"] == pytest.approx(score.bits_per_byte) and written["context_length"] == 24
@@ -175,6 +176,7 @@ def test_a_hugging_face_directory_scores_like_our_checkpoint(model, tmp_path):
         f"checkpoint={tmp_path / 'hf'}",
         f"text_file={tmp_path / 'stories.txt'}",
         "context_length=64",
+        "dtype=fp32",  # as the reference below
     )
     with redirect_stdout(io.StringIO()):
         score = run(cfg)

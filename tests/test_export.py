@@ -55,8 +55,8 @@ def trained_run(tmp_path_factory) -> Path:
     (work / "stories.jsonl").write_text("".join(SAMPLE.read_text().splitlines(True)[:200]))
     overrides = tiny_overrides(work, "data=text", f"data.train_files=[{work / 'stories.jsonl'}]",
                                "data.vocabulary=full",
-                               "data.val_fraction=0.1", "trainer.max_steps=4", "trainer.eval_every=2",
-                               "trainer.checkpoint_every=2")  # fmt: skip
+                               "data.val_fraction=0.1", "trainer.max_steps=4",
+                               "trainer.eval_every=2", "trainer.checkpoint_every=2")  # fmt: skip
     args = [sys.executable, "-m", "gpt_oss.train", *overrides, f"hydra.run.dir={work / 'run'}"]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     done = subprocess.run(args, cwd=work, capture_output=True, text=True, timeout=900, env=env)
@@ -322,8 +322,8 @@ def compact_run(tmp_path_factory) -> Path:
     work = tmp_path_factory.mktemp("compact")
     (work / "stories.jsonl").write_text("".join(SAMPLE.read_text().splitlines(True)[:200]))
     overrides = tiny_overrides(work, "data=text", f"data.train_files=[{work / 'stories.jsonl'}]",
-                               "data.val_fraction=0.1", "trainer.max_steps=2", "trainer.eval_every=2",
-                               "trainer.checkpoint_every=2")  # fmt: skip
+                               "data.val_fraction=0.1", "trainer.max_steps=2",
+                               "trainer.eval_every=2", "trainer.checkpoint_every=2")  # fmt: skip
     run(compose_run(*overrides), work / "run")
     return work / "run"
 
@@ -391,7 +391,8 @@ def test_init_from_refuses_weights_of_another_vocabulary_naming_both(compact_run
     overrides = tiny_overrides(tmp_path, f"trainer.init_from={compact_run}", "data.vocab_size=8192")
     with pytest.raises(
         ConfigError,
-        match=r"vocabulary CompactVocabulary\(size=8192.*this run's data gives CompactVocabulary\(size=8192",
+        match=r"vocabulary CompactVocabulary\(size=8192.*"
+        r"this run's data gives CompactVocabulary\(size=8192",
     ):
         run(compose_run(*overrides), tmp_path / "run")
     assert not (tmp_path / "run" / "checkpoints").exists()

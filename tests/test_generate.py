@@ -335,13 +335,14 @@ def test_cli_runs_as_a_module_and_leaves_no_output_directory(tiny_checkpoint, tm
     )
 
 
-def test_generate_and_evaluate_end_an_input_error_with_its_name_and_message():
+def test_generate_and_evaluate_end_an_input_error_with_its_name_and_message(capsys):
     def bad_dtype(value: str) -> None:
         raise ConfigError(f"dtype={value!r} is invalid")
 
     with pytest.raises(SystemExit) as ended:
         exit_on_input_error(bad_dtype, "fp8")
-    assert ended.value.code == "ConfigError: dtype='fp8' is invalid"  # printed; status 1
+    assert ended.value.code == 2  # a usage error, as train's
+    assert capsys.readouterr().err == "ConfigError: dtype='fp8' is invalid\n"
     assert exit_on_input_error(lambda x: x + 1, 1) == 2
     with pytest.raises(KeyError):  # a bug is not an input error: its traceback stays
         exit_on_input_error({}.__getitem__, "x")
@@ -467,7 +468,9 @@ def test_a_briefly_trained_model_continues_with_words_of_its_corpus(tmp_path):
 
 def known_share(words: list[str], pairs: set[tuple[str, str]]) -> float:
     """The share of consecutive word pairs that occur in the corpus."""
-    return sum(pair in pairs for pair in zip(words, words[1:], strict=False)) / max(len(words) - 1, 1)
+    return sum(pair in pairs for pair in zip(words, words[1:], strict=False)) / max(
+        len(words) - 1, 1
+    )
 
 
 def test_a_token_that_is_not_one_token_is_named_as_start_or_stop():

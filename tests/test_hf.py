@@ -453,7 +453,12 @@ def test_a_missing_weight_is_rejected_by_name(release, tmp_path):
     ],
 )
 def test_imported_rope_scaling_is_yarn_only_when_the_config_says_so(rope, factor):
-    values = {"vocab_size": 1000, "hidden_size": 32, "num_hidden_layers": 2, "rope_parameters": rope}
+    values = {
+        "vocab_size": 1000,
+        "hidden_size": 32,
+        "num_hidden_layers": 2,
+        "rope_parameters": rope,
+    }
     config = config_from_hf(values)
     assert config.rope_scaling_factor == factor
     assert config.rope_theta == rope.get("rope_theta", config.rope_theta)

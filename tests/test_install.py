@@ -59,16 +59,19 @@ def venv(tmp_path_factory) -> Path:
             shutil.copy2(ROOT / name, source / name)
     pip = [sys.executable, "-m", "pip"]
     check(subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-                          str(work / "dist"), str(source)], capture_output=True, text=True, timeout=TIMEOUT))  # fmt: skip
+                          str(work / "dist"), str(source)],
+                         capture_output=True, text=True, timeout=TIMEOUT))  # fmt: skip
     [wheel] = (work / "dist").glob("gpt_oss_lab-*.whl")
     check(subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(work / "venv")],
                          capture_output=True, text=True, timeout=TIMEOUT))  # fmt: skip
     python = work / "venv" / "bin" / "python"
-    purelib = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+    purelib = subprocess.run([python, "-c",
+                              "import sysconfig; print(sysconfig.get_path('purelib'))"],
                              capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
     Path(purelib, "_test_dependencies.pth").write_text(sysconfig.get_path("purelib") + "\n")
-    check(subprocess.run([*pip, "--python", str(python), "install", "--no-deps", "--no-index", "-q",
-                          str(wheel)], capture_output=True, text=True, timeout=TIMEOUT))  # fmt: skip
+    check(subprocess.run([*pip, "--python", str(python), "install", "--no-deps", "--no-index",
+                          "-q", str(wheel)], capture_output=True, text=True,
+                         timeout=TIMEOUT))  # fmt: skip
     return python.parent
 
 
@@ -123,7 +126,8 @@ def test_console_scripts_train_generate_and_compare_from_another_directory(
 ):
     assert (trained / "checkpoints" / "last.pt").is_file() and (trained / "metrics.jsonl").is_file()
     generated = check(command(venv, elsewhere, "gpt-oss-generate", f"checkpoint={trained}",
-                              "prompt=Once upon a time", "max_new_tokens=5", "temperature=0"))  # fmt: skip
+                              "prompt=Once upon a time", "max_new_tokens=5",
+                              "temperature=0"))  # fmt: skip
     assert generated.stdout.startswith("Once upon a time") and "tokens/s" in generated.stderr
     compared = check(
         command(venv, elsewhere, "gpt-oss-compare", str(trained), "--out", str(elsewhere / "cmp"))

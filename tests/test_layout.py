@@ -152,7 +152,9 @@ def test_every_module_imports_alone_and_library_modules_leave_hydra_unimported()
     assert set(results) == set(modules)
     failed = {module: result["error"] for module, result in results.items() if "error" in result}
     assert not failed
-    with_hydra = {module: results[module]["hydra"] for module in LIBRARY if results[module]["hydra"]}
+    with_hydra = {
+        module: results[module]["hydra"] for module in LIBRARY if results[module]["hydra"]
+    }
     assert not with_hydra
     # the check can fail: an entry point does load Hydra
     assert results["gpt_oss.train"]["hydra"]

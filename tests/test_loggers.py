@@ -31,8 +31,14 @@ WANDB = Path(sys.executable).with_name("wandb")
 def wandb_sandbox(tmp_path, monkeypatch):
     """W&B's settings, cache and staging (checkpoint copies) inside the test's folder; no key,
     no mode from the machine running the tests."""
-    for name in ("WANDB_API_KEY", "WANDB_MODE", "WANDB_BASE_URL", "WANDB_DISABLED", "HTTPS_PROXY",
-                 "https_proxy"):
+    for name in (
+        "WANDB_API_KEY",
+        "WANDB_MODE",
+        "WANDB_BASE_URL",
+        "WANDB_DISABLED",
+        "HTTPS_PROXY",
+        "https_proxy",
+    ):
         monkeypatch.delenv(name, raising=False)
     for name in ("WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR"):
         monkeypatch.setenv(name, str(tmp_path / "wandb-home" / name.lower()))
@@ -50,8 +56,12 @@ def closed_port_url() -> str:
 
 def leet(path: Path, *args: str) -> str:
     """`wandb leet inspect` (W&B's own reader of .wandb transaction logs) on an offline run."""
-    done = subprocess.run([str(WANDB), "leet", "inspect", *args, str(path)], capture_output=True,
-                          text=True, timeout=120)
+    done = subprocess.run(
+        [str(WANDB), "leet", "inspect", *args, str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     return done.stdout
 
@@ -68,18 +78,28 @@ def only_offline_run(run_dir: Path) -> Path:
 
 # ---------------------------------------------------------------- composition
 def test_logger_group_selects_several_loggers_by_name():
-    group = make_loggers(compose_run("logger=[wandb,tensorboard,csv]", "logger.wandb.mode=offline").logger)
+    group = make_loggers(
+        compose_run("logger=[wandb,tensorboard,csv]", "logger.wandb.mode=offline").logger
+    )
     assert isinstance(group, LoggerGroup)
     assert {k: type(v) for k, v in group.loggers.items()} == {
-        "wandb": WandbLogger, "tensorboard": TensorBoardLogger, "csv": CSVLogger}
+        "wandb": WandbLogger,
+        "tensorboard": TensorBoardLogger,
+        "csv": CSVLogger,
+    }
     assert group.loggers["wandb"].mode == "offline"
     assert make_loggers(compose_run("logger=none").logger).loggers == {}
 
 
 def test_a_logger_option_outside_its_logger_fails_naming_it():
-    with pytest.raises(ConfigError, match=r"logger\.mode='offline' is not a logger.*logger\.wandb\.mode"):
+    with pytest.raises(
+        ConfigError, match=r"logger\.mode='offline' is not a logger.*logger\.wandb\.mode"
+    ):
         make_loggers(compose_run("+logger.mode=offline").logger)
-    with pytest.raises(ConfigError, match=r"logger\.wandb\.mode='sometimes' is invalid: valid are \('auto', 'online'"):
+    with pytest.raises(
+        ConfigError,
+        match=r"logger\.wandb\.mode='sometimes' is invalid: valid are \('auto', 'online'",
+    ):
         make_loggers(compose_run("logger.wandb.mode=sometimes").logger)
 
 
@@ -108,7 +128,10 @@ def test_short_run_names_use_the_last_key_part_and_stay_short():
     assert short_run_name(["model.num_experts=8", "+trainer.seed=2"]) == "num_experts=8,seed=2"
     assert short_run_name(["optimizer.lr=1e-3", "model.lr=2"]) == "optimizer.lr=1e-3,model.lr=2"
     swept = {"model.num_experts"}
-    assert short_run_name(["model=tiny", "model.num_experts=8", "trainer.max_steps=9"], swept) == "num_experts=8"
+    assert (
+        short_run_name(["model=tiny", "model.num_experts=8", "trainer.max_steps=9"], swept)
+        == "num_experts=8"
+    )
     many = [f"model.field{i}=value{i}" for i in range(30)]
     name = short_run_name(many, max_chars=64)
     assert len(name) <= 64 and name.startswith("field0=value0,") and name.endswith("more")
@@ -118,16 +141,32 @@ def test_short_run_names_use_the_last_key_part_and_stay_short():
 @pytest.mark.slow
 def test_sweep_jobs_are_named_by_their_swept_keys_in_one_wandb_group(tmp_path):
     sweep_dir = tmp_path / "sweep"
-    overrides = [a for a in tiny_overrides(tmp_path, "trainer.max_steps=1", "trainer.eval_every=1",
-                                           "trainer.checkpoint_every=1") if a != "logger=none"]
-    command = [sys.executable, "-m", "gpt_oss.train", "-m", *overrides, "logger=wandb",
-               "logger.wandb.mode=offline", "model.num_experts=2,4", f"hydra.sweep.dir={sweep_dir}"]
+    overrides = [
+        a
+        for a in tiny_overrides(
+            tmp_path, "trainer.max_steps=1", "trainer.eval_every=1", "trainer.checkpoint_every=1"
+        )
+        if a != "logger=none"
+    ]
+    command = [
+        sys.executable,
+        "-m",
+        "gpt_oss.train",
+        "-m",
+        *overrides,
+        "logger=wandb",
+        "logger.wandb.mode=offline",
+        "model.num_experts=2,4",
+        f"hydra.sweep.dir={sweep_dir}",
+    ]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     runs = {}
     for job in ("0", "1"):
         summary = json.loads(leet(only_offline_run(sweep_dir / job), "--summary", "--json"))
-        run_record = next(r for r in wandb_records(only_offline_run(sweep_dir / job)) if r["type"] == "run")
+        run_record = next(
+            r for r in wandb_records(only_offline_run(sweep_dir / job)) if r["type"] == "run"
+        )
         runs[summary["name"]] = run_record["run"]
     assert set(runs) == {"num_experts=2", "num_experts=4"}
     groups = {r["run_group"] for r in runs.values()}
@@ -150,9 +189,14 @@ def test_tensorboard_and_csv_hold_the_metrics_of_metrics_jsonl_across_a_resume(t
     val = [r for r in records if r["split"] == "val"]
     assert [r["step"] for r in train] == [1, 2, 4, 6, 8] and [r["step"] for r in val] == [4, 8]
 
-    events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0, "images": 0})
+    events = EventAccumulator(
+        str(run_dir / "tensorboard"), size_guidance={"scalars": 0, "images": 0}
+    )
     events.Reload()
-    for split, rows, keys in (("train", train, ("loss", "lr", "grad_norm", "tokens")), ("val", val, ("loss", "bpb"))):
+    for split, rows, keys in (
+        ("train", train, ("loss", "lr", "grad_norm", "tokens")),
+        ("val", val, ("loss", "bpb")),
+    ):
         for key in keys:
             scalars = events.Scalars(f"{split}/{key}")
             assert [s.step for s in scalars] == [r["step"] for r in rows], (split, key)
@@ -165,7 +209,9 @@ def test_tensorboard_and_csv_hold_the_metrics_of_metrics_jsonl_across_a_resume(t
     csv_val = [r for r in csv_rows if "val/loss" in r]
     assert [r["step"] for r in csv_train] == [r["step"] for r in train]
     for row, record in zip(csv_train, train, strict=True):
-        assert {k: row[f"train/{k}"] for k in ("loss", "lr", "tokens")} == {k: record[k] for k in ("loss", "lr", "tokens")}
+        assert {k: row[f"train/{k}"] for k in ("loss", "lr", "tokens")} == {
+            k: record[k] for k in ("loss", "lr", "tokens")
+        }
     assert [(r["step"], r["val/bpb"]) for r in csv_val] == [(r["step"], r["bpb"]) for r in val]
 
     load = read_csv_metrics(run_dir / "expert_load.csv")
@@ -195,7 +241,9 @@ def test_a_resumed_run_replaces_what_its_first_run_logged_after_the_checkpoint(t
     events = EventAccumulator(str(tmp_path / "tensorboard"))
     events.Reload()
     assert [(s.step, s.value) for s in events.Scalars("train/loss")] == expected
-    assert [(r["step"], r["train/loss"]) for r in read_csv_metrics(tmp_path / "metrics.csv")] == expected
+    assert [
+        (r["step"], r["train/loss"]) for r in read_csv_metrics(tmp_path / "metrics.csv")
+    ] == expected
 
 
 def test_a_run_that_fails_still_closes_its_loggers(tmp_path):
@@ -204,9 +252,17 @@ def test_a_run_that_fails_still_closes_its_loggers(tmp_path):
     from gpt_oss.training.trainer import TrainingDiverged
 
     # flush_secs: TensorBoard would not write on its own during the test; only closing flushes
-    cfg = compose_run(*tiny_overrides(tmp_path, "logger=[tensorboard,wandb]", "logger.wandb.mode=offline",
-                                      "logger.tensorboard.flush_secs=3600", "optimizer.lr=1e30",
-                                      "trainer.grad_clip=0", "trainer.log_every=1"))
+    cfg = compose_run(
+        *tiny_overrides(
+            tmp_path,
+            "logger=[tensorboard,wandb]",
+            "logger.wandb.mode=offline",
+            "logger.tensorboard.flush_secs=3600",
+            "optimizer.lr=1e30",
+            "trainer.grad_clip=0",
+            "trainer.log_every=1",
+        )
+    )
     run_dir = tmp_path / "run"
     with pytest.raises(TrainingDiverged):
         run(cfg, run_dir)
@@ -221,9 +277,16 @@ def test_a_run_that_fails_still_closes_its_loggers(tmp_path):
 # ---------------------------------------------------------------- W&B
 @pytest.mark.slow
 def test_wandb_offline_run_holds_metrics_and_config(tmp_path):
-    cfg = compose_run(*tiny_overrides(
-        tmp_path, "logger=wandb", "logger.wandb.mode=offline", "logger.wandb.log_checkpoints=true",
-        "trainer.max_steps=4", "trainer.eval_every=2"))
+    cfg = compose_run(
+        *tiny_overrides(
+            tmp_path,
+            "logger=wandb",
+            "logger.wandb.mode=offline",
+            "logger.wandb.log_checkpoints=true",
+            "trainer.max_steps=4",
+            "trainer.eval_every=2",
+        )
+    )
     run_dir = tmp_path / "run"
     run(cfg, run_dir)  # returns after W&B has written the run: read back at once, no waiting
     offline = only_offline_run(run_dir)
@@ -231,9 +294,13 @@ def test_wandb_offline_run_holds_metrics_and_config(tmp_path):
     summary = json.loads(leet(offline, "--summary", "--json"))
     assert summary["state"] == "finished" and summary["exit_code"] == 0
     assert summary["config"]["model.hidden_size"] == cfg.model.hidden_size
-    assert summary["config"]["provenance.git_commit"] and isinstance(summary["config"]["provenance.git_dirty"], bool)
+    assert summary["config"]["provenance.git_commit"] and isinstance(
+        summary["config"]["provenance.git_dirty"], bool
+    )
     val = [r for r in records if r["split"] == "val"]
-    assert summary["summary"]["val/loss"] == pytest.approx({"min": min(r["loss"] for r in val), "last": val[-1]["loss"]})
+    assert summary["summary"]["val/loss"] == pytest.approx(
+        {"min": min(r["loss"] for r in val), "last": val[-1]["loss"]}
+    )
     assert summary["summary"]["val/bpb"]["last"] == pytest.approx(val[-1]["bpb"])
     assert summary["summary"]["best_val_loss"] == pytest.approx(min(r["loss"] for r in val))
     table = summary["summary"]["expert_load/table"]
@@ -243,11 +310,17 @@ def test_wandb_offline_run_holds_metrics_and_config(tmp_path):
     logged = wandb_records(offline)
     history = [r["history"]["item"] for r in logged if r["type"] == "history"]
     train_logged = {h["_step"]: h["train/loss"] for h in history if "train/loss" in h}
-    assert train_logged == pytest.approx({r["step"]: r["loss"] for r in records if r["split"] == "train"})
+    assert train_logged == pytest.approx(
+        {r["step"]: r["loss"] for r in records if r["split"] == "train"}
+    )
     assert not any(k.startswith("expert_load/layer") for h in history for k in h)  # no 768 scalars
     run_record = next(r["run"] for r in logged if r["type"] == "run")
     assert run_record["job_type"] == "train"
-    versions = [r["artifact"] for r in logged if r["type"] == "artifact" and r["artifact"]["type"] == "model"]
+    versions = [
+        r["artifact"]
+        for r in logged
+        if r["type"] == "artifact" and r["artifact"]["type"] == "model"
+    ]
     final = [v for v in versions if "step-4" in v["aliases"]]
     assert len(final) == 1 and {"best", "last"} <= set(final[0]["aliases"])  # one version, one copy
     assert [f["path"] for f in final[0]["manifest"]["contents"]] == ["model.pt"]
@@ -255,8 +328,12 @@ def test_wandb_offline_run_holds_metrics_and_config(tmp_path):
     assert checkpoint["wandb_run_id"] == summary["run_id"]
 
 
-@pytest.mark.parametrize("wandb_mode, why", [(None, "unreachable"), ("offline", "WANDB_MODE=offline")])
-def test_wandb_with_a_key_and_no_network_keeps_an_offline_record(tmp_path, monkeypatch, wandb_mode, why):
+@pytest.mark.parametrize(
+    "wandb_mode, why", [(None, "unreachable"), ("offline", "WANDB_MODE=offline")]
+)
+def test_wandb_with_a_key_and_no_network_keeps_an_offline_record(
+    tmp_path, monkeypatch, wandb_mode, why
+):
     monkeypatch.setenv("WANDB_API_KEY", "fake")
     monkeypatch.setenv("WANDB_BASE_URL", closed_port_url())  # no network, deterministically
     if wandb_mode:
@@ -272,14 +349,23 @@ def test_wandb_with_a_key_and_no_network_keeps_an_offline_record(tmp_path, monke
     assert [h["train/loss"] for h in history] == [2.5]
 
 
-@pytest.mark.parametrize("env, mode, expected", [
-    ({"WANDB_MODE": "offline", "WANDB_API_KEY": "fake"}, "auto", ("offline", "WANDB_MODE=offline")),
-    ({"WANDB_MODE": "disabled"}, "auto", ("disabled", "WANDB_MODE=disabled")),
-    ({"WANDB_MODE": "online"}, "offline", ("offline", "logger.wandb.mode=offline")),
-    ({"WANDB_API_KEY": "fake"}, "offline", ("offline", "logger.wandb.mode=offline")),
-    ({}, "auto", ("offline", "no W&B API key (wandb login or WANDB_API_KEY)")),
-])
-def test_wandb_mode_honours_config_then_environment_without_probing(monkeypatch, env, mode, expected):
+@pytest.mark.parametrize(
+    "env, mode, expected",
+    [
+        (
+            {"WANDB_MODE": "offline", "WANDB_API_KEY": "fake"},
+            "auto",
+            ("offline", "WANDB_MODE=offline"),
+        ),
+        ({"WANDB_MODE": "disabled"}, "auto", ("disabled", "WANDB_MODE=disabled")),
+        ({"WANDB_MODE": "online"}, "offline", ("offline", "logger.wandb.mode=offline")),
+        ({"WANDB_API_KEY": "fake"}, "offline", ("offline", "logger.wandb.mode=offline")),
+        ({}, "auto", ("offline", "no W&B API key (wandb login or WANDB_API_KEY)")),
+    ],
+)
+def test_wandb_mode_honours_config_then_environment_without_probing(
+    monkeypatch, env, mode, expected
+):
     for name, value in env.items():
         monkeypatch.setenv(name, value)
 
@@ -294,7 +380,9 @@ def test_wandb_mode_errors_name_the_value_and_the_valid_ones(monkeypatch):
     with pytest.raises(ValueError, match=r"logger.wandb.mode='sometimes' is invalid: valid are"):
         resolve_mode("sometimes")
     monkeypatch.setenv("WANDB_MODE", "ofline")
-    with pytest.raises(ValueError, match=r"WANDB_MODE='ofline' is invalid: valid are \('online', 'offline'"):
+    with pytest.raises(
+        ValueError, match=r"WANDB_MODE='ofline' is invalid: valid are \('online', 'offline'"
+    ):
         resolve_mode("auto")
 
 
@@ -321,7 +409,11 @@ def test_wandb_log_failure_does_not_lose_the_rest_of_the_run(tmp_path, monkeypat
     for step in (1, 2, 3):
         logger.log({"train/loss": 1.0 / step}, step=step)
     logger.finish()
-    history = [r["history"]["item"] for r in wandb_records(only_offline_run(tmp_path)) if r["type"] == "history"]
+    history = [
+        r["history"]["item"]
+        for r in wandb_records(only_offline_run(tmp_path))
+        if r["type"] == "history"
+    ]
     assert [h["_step"] for h in history] == [2, 3]
 
 
@@ -345,8 +437,18 @@ def test_swept_keys_come_from_the_command_line_and_the_sweeper(tmp_path):
 
     from gpt_oss.train import swept_keys
 
-    OmegaConf.save({"hydra": {"overrides": {"task": ["model.num_experts=2,4", "trainer=cpu", "+trainer.seed=range(1,3)"]}}},
-                   tmp_path / "multirun.yaml")
-    hc = SimpleNamespace(sweeper=OmegaConf.create({"params": {"model.sliding_window": "8,16"}}),
-                         sweep=SimpleNamespace(dir=str(tmp_path)))
+    OmegaConf.save(
+        {
+            "hydra": {
+                "overrides": {
+                    "task": ["model.num_experts=2,4", "trainer=cpu", "+trainer.seed=range(1,3)"]
+                }
+            }
+        },
+        tmp_path / "multirun.yaml",
+    )
+    hc = SimpleNamespace(
+        sweeper=OmegaConf.create({"params": {"model.sliding_window": "8,16"}}),
+        sweep=SimpleNamespace(dir=str(tmp_path)),
+    )
     assert swept_keys(hc) == {"model.num_experts", "trainer.seed", "model.sliding_window"}

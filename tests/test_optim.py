@@ -10,7 +10,10 @@ from gpt_oss.training.optim import muon, newton_schulz
 
 def test_newton_schulz_gives_near_orthogonal_matrices_per_expert():
     generator = torch.Generator().manual_seed(0)
-    stacked = torch.randn(3, 48, 16, generator=generator) * torch.tensor([0.01, 1.0, 100.0])[:, None, None]
+    stacked = (
+        torch.randn(3, 48, 16, generator=generator)
+        * torch.tensor([0.01, 1.0, 100.0])[:, None, None]
+    )
     out = newton_schulz(stacked)
     assert out.shape == stacked.shape and out.dtype == stacked.dtype
     for expert in out:  # each expert on its own, whatever its scale
@@ -36,7 +39,10 @@ def test_muon_adamw_half_equals_torch_adamw_and_momentum_persists(make_model):
     others = {n for n, p in model.named_parameters() if any(p is q for q in adamw_group["params"])}
     torch_adamw = torch.optim.AdamW(
         [p for n, p in reference.named_parameters() if n in others],
-        lr=1e-2, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.0,
+        lr=1e-2,
+        betas=(0.9, 0.95),
+        eps=1e-8,
+        weight_decay=0.0,
     )
     first = muon_group["params"][0]
     start = first.detach().clone()

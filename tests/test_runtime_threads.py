@@ -45,9 +45,19 @@ def test_cpu_step_estimate_scales_with_the_tokens_of_a_step():
     from gpt_oss.model.config import ModelConfig
     from gpt_oss.training.metrics import cpu_step_estimate
 
-    config = ModelConfig(vocab_size=1000, hidden_size=32, intermediate_size=32, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=1, head_dim=16, num_experts=2,
-                         experts_per_token=1, sliding_window=8, max_position_embeddings=128)
+    config = ModelConfig(
+        vocab_size=1000,
+        hidden_size=32,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=16,
+        num_experts=2,
+        experts_per_token=1,
+        sliding_window=8,
+        max_position_embeddings=128,
+    )
     small_s, small_bytes = cpu_step_estimate(config, 2, 64)
     large_s, large_bytes = cpu_step_estimate(config, 4, 64)  # the matmul probe is cached: same rate
     assert small_s > 0 and large_s == pytest.approx(2 * small_s)

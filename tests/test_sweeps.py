@@ -200,8 +200,10 @@ def test_sweep_jobs_share_one_wandb_group_and_are_named_by_their_swept_keys(tmp_
     )
     sweep_dir = tmp_path / "multirun" / "2026-11-25" / "10-00-00"
     sweep_dir.mkdir(parents=True)  # the command line as typed, as Hydra's sweeper saves it
-    OmegaConf.save({"hydra": {"overrides": {"task": ["model=tiny", "model.num_experts=8,16"]}}},
-                   sweep_dir / "multirun.yaml")
+    OmegaConf.save(
+        {"hydra": {"overrides": {"task": ["model=tiny", "model.num_experts=8,16"]}}},
+        sweep_dir / "multirun.yaml",
+    )
     with open_dict(cfg):  # what the launcher sets for job 3 of a sweep
         cfg.hydra.mode = RunMode.MULTIRUN
         cfg.hydra.sweep.dir = str(sweep_dir)
@@ -216,7 +218,9 @@ def test_sweep_jobs_share_one_wandb_group_and_are_named_by_their_swept_keys(tmp_
 
 
 def test_a_single_run_is_named_by_its_overrides_shortened():
-    cfg = compose_config("model=tiny", "model.num_experts=8", "trainer.device=cpu", hydra_config=True)
+    cfg = compose_config(
+        "model=tiny", "model.num_experts=8", "trainer.device=cpu", hydra_config=True
+    )
     HydraConfig.instance().set_config(cfg)
     try:
         assert job_identity(cfg) == (None, "model=tiny,num_experts=8")  # trainer.device excluded
@@ -423,7 +427,10 @@ def test_wandb_group_runs_become_rows_like_local_ones():
     api = FakeApi([FakeWandbRun("data.files=[a,b],model.num_experts=8", history)])
     runs = compare.load_wandb_runs("sweep-10-00-00", "gpt-oss-lab", entity="me", api=api)
     assert api.asked == [("me/gpt-oss-lab", {"group": {"$regex": "^sweep\\-10\\-00\\-00(/|$)"}})]
-    assert runs[0].overrides == ["data.files=[a,b]", "model.num_experts=8"]  # an older run: its name
+    assert runs[0].overrides == [
+        "data.files=[a,b]",
+        "model.num_experts=8",
+    ]  # an older run: its name
     row = compare.summarize(runs[0])
     assert (
         row["params_total"],

@@ -36,12 +36,23 @@ def compose_run(*overrides: str):
 
 def tiny_overrides(tmp_path: Path, *extra: str) -> list[str]:
     return [
-        "model=tiny", "data=synthetic", "logger=none", "trainer=cpu",
-        "data.synthetic_train_stories=2000", "data.synthetic_val_stories=100",
-        f"data.cache_dir={tmp_path / 'cache'}", "trainer.max_steps=8", "trainer.batch_size=4",
-        "trainer.seq_len=64", "trainer.eval_every=4", "trainer.eval_batches=2",
-        "trainer.checkpoint_every=4", "trainer.log_every=2", "trainer.progress=false",
-        "optimizer.lr=3e-3", *extra,
+        "model=tiny",
+        "data=synthetic",
+        "logger=none",
+        "trainer=cpu",
+        "data.synthetic_train_stories=2000",
+        "data.synthetic_val_stories=100",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        "trainer.max_steps=8",
+        "trainer.batch_size=4",
+        "trainer.seq_len=64",
+        "trainer.eval_every=4",
+        "trainer.eval_batches=2",
+        "trainer.checkpoint_every=4",
+        "trainer.log_every=2",
+        "trainer.progress=false",
+        "optimizer.lr=3e-3",
+        *extra,
     ]
 
 
@@ -50,7 +61,11 @@ def read_records(run_dir: Path) -> list[dict]:
 
 
 def test_every_config_in_conf_composes():
-    groups = {g.name: sorted(p.stem for p in g.glob("*.yaml")) for g in CONF.iterdir() if g.is_dir() and g.name != "hydra"}
+    groups = {
+        g.name: sorted(p.stem for p in g.glob("*.yaml"))
+        for g in CONF.iterdir()
+        if g.is_dir() and g.name != "hydra"
+    }
     assert {"model", "data", "optimizer", "schedule", "trainer", "logger"} <= set(groups)
     for group, options in groups.items():
         for option in options:
@@ -86,7 +101,11 @@ def test_bad_keys_and_types_fail_at_compose_time(override, error):
     ],
 )
 def test_impossible_settings_fail_before_training_and_write_nothing(tmp_path, override, field):
-    overrides = tiny_overrides(tmp_path, "trainer.grad_accum=4" if "batch_size" in override else "trainer.grad_accum=1", override)
+    overrides = tiny_overrides(
+        tmp_path,
+        "trainer.grad_accum=4" if "batch_size" in override else "trainer.grad_accum=1",
+        override,
+    )
     cfg = compose_run(*overrides)
     with pytest.raises(ConfigError, match=field):
         run(cfg, tmp_path / "run")
@@ -95,7 +114,11 @@ def test_impossible_settings_fail_before_training_and_write_nothing(tmp_path, ov
 
 
 def test_tiny_run_trains_and_fills_the_run_directory(tmp_path):
-    cfg = compose_run(*tiny_overrides(tmp_path, "trainer.max_steps=60", "trainer.eval_every=20", "trainer.checkpoint_every=30"))
+    cfg = compose_run(
+        *tiny_overrides(
+            tmp_path, "trainer.max_steps=60", "trainer.eval_every=20", "trainer.checkpoint_every=30"
+        )
+    )
     run_dir = tmp_path / "run"
     summary = run(cfg, run_dir)
     val = [r for r in read_records(run_dir) if r["split"] == "val"]
@@ -104,18 +127,45 @@ def test_tiny_run_trains_and_fills_the_run_directory(tmp_path):
     # corpus: ~1.3k ids, ln = 7.2); by step 20 it is well below, and it keeps falling
     vocab_size = OmegaConf.load(run_dir / "config.yaml").model.vocab_size
     assert summary["best_val_loss"] < val[0]["loss"] - 0.3 < math.log(vocab_size) - 1.0
-    for name in ("config.yaml", "metrics.jsonl", "loss.png", "checkpoints/last.pt", "checkpoints/best.pt"):
+    for name in (
+        "config.yaml",
+        "metrics.jsonl",
+        "loss.png",
+        "checkpoints/last.pt",
+        "checkpoints/best.pt",
+    ):
         assert (run_dir / name).stat().st_size > 0, name
     train = [r for r in read_records(run_dir) if r["split"] == "train"]
-    assert {"step", "split", "loss", "tokens_per_s", "mfu", "aux_loss", "z_loss", "expert_load"} <= set(train[-1])
+    assert {
+        "step",
+        "split",
+        "loss",
+        "tokens_per_s",
+        "mfu",
+        "aux_loss",
+        "z_loss",
+        "expert_load",
+    } <= set(train[-1])
     assert len(train[-1]["expert_load"]) == 2 and abs(sum(train[-1]["expert_load"][0]) - 1) < 1e-6
     assert "bpb" in val[-1] and val[-1]["perplexity"] > 1
 
 
 def _train_cli(tmp_path: Path, run_dir: Path, *extra: str) -> subprocess.Popen:
-    args = [sys.executable, "-m", "gpt_oss.train", *tiny_overrides(tmp_path, *extra), f"hydra.run.dir={run_dir}"]
-    return subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            preexec_fn=_default_sigint)
+    args = [
+        sys.executable,
+        "-m",
+        "gpt_oss.train",
+        *tiny_overrides(tmp_path, *extra),
+        f"hydra.run.dir={run_dir}",
+    ]
+    return subprocess.Popen(
+        args,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        preexec_fn=_default_sigint,
+    )
 
 
 def _default_sigint() -> None:
@@ -126,7 +176,12 @@ def _default_sigint() -> None:
 
 @pytest.mark.slow
 def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
-    steps = ["trainer.max_steps=8", "trainer.checkpoint_every=3", "trainer.eval_every=3", "trainer.log_every=1"]
+    steps = [
+        "trainer.max_steps=8",
+        "trainer.checkpoint_every=3",
+        "trainer.eval_every=3",
+        "trainer.log_every=1",
+    ]
     straight = tmp_path / "straight"
     out, _ = _train_cli(tmp_path, straight, *steps).communicate(timeout=300)
     assert (straight / "checkpoints" / "last.pt").exists(), out
@@ -144,7 +199,9 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
     assert resumed.returncode == 0, out
     resumed_losses, straight_losses = _losses(killed), _losses(straight)
     assert [key for key, _ in resumed_losses] == [key for key, _ in straight_losses]
-    for (key, resumed_loss), (_, straight_loss) in zip(resumed_losses, straight_losses, strict=True):
+    for (key, resumed_loss), (_, straight_loss) in zip(
+        resumed_losses, straight_losses, strict=True
+    ):
         # multi-threaded CPU reductions may differ in the last bits; the issue allows 1e-6
         assert math.isclose(resumed_loss, straight_loss, rel_tol=1e-6), key
 
@@ -166,7 +223,17 @@ def test_resume_accepts_other_kernels_and_refuses_another_shape(tmp_path):
     summary = run(compose_run(*tiny_overrides(tmp_path, "trainer.max_steps=6", *kernels)), resumed)
     assert summary["steps"] == 6 and [r["step"] for r in read_records(resumed)][-1] == 6
     with pytest.raises(CheckpointError, match="hidden_size"):
-        run(compose_run(*tiny_overrides(tmp_path, "trainer.max_steps=6", "model.hidden_size=32", f"trainer.resume={first}")), tmp_path / "other")
+        run(
+            compose_run(
+                *tiny_overrides(
+                    tmp_path,
+                    "trainer.max_steps=6",
+                    "model.hidden_size=32",
+                    f"trainer.resume={first}",
+                )
+            ),
+            tmp_path / "other",
+        )
 
 
 def test_a_diverging_run_keeps_only_finite_checkpoints_and_says_which_step_they_hold(tmp_path):
@@ -177,7 +244,10 @@ def test_a_diverging_run_keeps_only_finite_checkpoints_and_says_which_step_they_
     cfg = compose_run(*tiny_overrides(tmp_path, "optimizer.lr=1e6", *every_step))
     with pytest.raises(TrainingDiverged) as caught:
         run(cfg, tmp_path / "run")
-    found = re.search(r"is (nan|inf|-inf) at step (\d+); .*checkpoints/last.pt \(step (\d+)\) holds finite", str(caught.value))
+    found = re.search(
+        r"is (nan|inf|-inf) at step (\d+); .*checkpoints/last.pt \(step (\d+)\) holds finite",
+        str(caught.value),
+    )
     assert found, str(caught.value)
     assert int(found[3]) == int(found[2]) - 1  # the step before the one that diverged
     for name in ("last", "best"):
@@ -192,14 +262,21 @@ def test_a_diverging_run_keeps_only_finite_checkpoints_and_says_which_step_they_
 def test_nan_loss_stops_with_the_step_and_keeps_the_last_checkpoint(tmp_path):
     from gpt_oss.training.trainer import TrainingDiverged
 
-    cfg = compose_run(*tiny_overrides(tmp_path, "trainer.max_steps=6", "optimizer.lr=1e30", "trainer.grad_clip=0"))
+    cfg = compose_run(
+        *tiny_overrides(tmp_path, "trainer.max_steps=6", "optimizer.lr=1e30", "trainer.grad_clip=0")
+    )
     with pytest.raises(TrainingDiverged, match=r"at step \d+"):
         run(cfg, tmp_path / "run")
 
 
 # --- signals: SIGTERM, SIGINT, SIGUSR1 stop after a whole step, write last, say how to resume
 
-SIGNAL_STEPS = ["trainer.max_steps=10", "trainer.checkpoint_every=4", "trainer.eval_every=4", "trainer.log_every=1"]
+SIGNAL_STEPS = [
+    "trainer.max_steps=10",
+    "trainer.checkpoint_every=4",
+    "trainer.eval_every=4",
+    "trainer.log_every=1",
+]
 
 
 @pytest.fixture(scope="module")
@@ -222,7 +299,9 @@ def _last_logged_step(run_dir: Path) -> int:
     return max((r["step"] for r in read_metrics(run_dir / "metrics.jsonl")), default=0)
 
 
-def freeze_mid_run(start, run_dir: Path, after_step: int, margin: int, max_steps: int, attempts: int = 3):
+def freeze_mid_run(
+    start, run_dir: Path, after_step: int, margin: int, max_steps: int, attempts: int = 3
+):
     """Start processes (start() -> list of Popen) and freeze them (SIGSTOP) once step
     `after_step` is logged, with at least `margin` steps to go before max_steps; a signal sent
     now is handled on SIGCONT, so the run cannot end on its own first. No timing is assumed:
@@ -230,7 +309,11 @@ def freeze_mid_run(start, run_dir: Path, after_step: int, margin: int, max_steps
     for _ in range(attempts):
         procs = start()
         deadline = time.time() + 300  # a generous bound: the wait ends on a line in metrics.jsonl
-        while time.time() < deadline and _last_logged_step(run_dir) < after_step and all(p.poll() is None for p in procs):
+        while (
+            time.time() < deadline
+            and _last_logged_step(run_dir) < after_step
+            and all(p.poll() is None for p in procs)
+        ):
             time.sleep(0.1)
         for proc in procs:
             proc.send_signal(signal.SIGSTOP)
@@ -241,7 +324,9 @@ def freeze_mid_run(start, run_dir: Path, after_step: int, margin: int, max_steps
             proc.kill()
             proc.wait()
         shutil.rmtree(run_dir, ignore_errors=True)
-    raise AssertionError(f"could not catch the run between steps {after_step} and {max_steps - margin}")
+    raise AssertionError(
+        f"could not catch the run between steps {after_step} and {max_steps - margin}"
+    )
 
 
 def _resume_command(out: str) -> list[str]:
@@ -251,13 +336,15 @@ def _resume_command(out: str) -> list[str]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGUSR1], ids=lambda s: s.name)
+@pytest.mark.parametrize(
+    "signum", [signal.SIGTERM, signal.SIGINT, signal.SIGUSR1], ids=lambda s: s.name
+)
 def test_a_signal_stops_after_the_step_writes_last_and_the_printed_command_resumes_exactly(
     signal_workdir, uninterrupted, signum
 ):
     run_dir = signal_workdir / signum.name
-    [proc], logged = freeze_mid_run(lambda: [_train_cli(signal_workdir, run_dir, *SIGNAL_STEPS)], run_dir,
-                                    after_step=2, margin=2, max_steps=10)  # fmt: skip
+    [proc], logged = freeze_mid_run(lambda: [_train_cli(signal_workdir, run_dir, *SIGNAL_STEPS)],
+                                    run_dir, after_step=2, margin=2, max_steps=10)  # fmt: skip
     proc.send_signal(signum)
     proc.send_signal(signal.SIGCONT)
     out, _ = proc.communicate(timeout=300)
@@ -267,11 +354,15 @@ def test_a_signal_stops_after_the_step_writes_last_and_the_printed_command_resum
     assert read_checkpoint(run_dir / "checkpoints" / "last.pt")["step"] == stopped
     command = _resume_command(out)
     assert command[-2:] == [f"hydra.run.dir={run_dir}", "trainer.resume=auto"]
-    resumed = subprocess.run(command, cwd=signal_workdir, capture_output=True, text=True, timeout=600)
+    resumed = subprocess.run(
+        command, cwd=signal_workdir, capture_output=True, text=True, timeout=600
+    )
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     resumed_losses, straight_losses = _losses(run_dir), _losses(uninterrupted)
     assert [key for key, _ in resumed_losses] == [key for key, _ in straight_losses]
-    for (key, resumed_loss), (_, straight_loss) in zip(resumed_losses, straight_losses, strict=True):
+    for (key, resumed_loss), (_, straight_loss) in zip(
+        resumed_losses, straight_losses, strict=True
+    ):
         assert math.isclose(resumed_loss, straight_loss, rel_tol=1e-6), key
 
 

@@ -86,7 +86,11 @@ def make_trainer(
 
 
 def _train_losses(run_dir: Path) -> dict[int, float]:
-    return {r["step"]: r["loss"] for r in read_metrics(run_dir / "metrics.jsonl") if r["split"] == "train"}
+    return {
+        r["step"]: r["loss"]
+        for r in read_metrics(run_dir / "metrics.jsonl")
+        if r["split"] == "train"
+    }
 
 
 # --- the loader interface ---------------------------------------------------------------
@@ -242,7 +246,8 @@ def test_a_signal_inside_the_optimizer_step_ends_the_run_after_that_step_with_la
 
     handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)}
     trainer = make_trainer(make_model, tmp_path, FixedBatches(2),
-                           optimizer=fused_adamw_signalled_at_step_2, checkpoint_every=5)  # fmt: skip
+                           optimizer=fused_adamw_signalled_at_step_2,
+                           checkpoint_every=5)  # fmt: skip
     summary = trainer.fit()
     assert summary["stopped_by"] == signal.Signals(signum).name and summary["steps"] == 2
     assert read_checkpoint(tmp_path / "checkpoints" / "last.pt")["step"] == 2

@@ -114,12 +114,14 @@ def file_vocabulary(file: TokenFile) -> Vocabulary:
         vocabulary = vocabulary_from_dict(file.metadata.get("vocabulary"))
     except VocabularyError as error:
         raise DataError(
-            f"{file.path.with_suffix('.json')}: {error}. Delete {file.path.parent} to prepare again."
+            f"{file.path.with_suffix('.json')}: {error}. "
+            f"Delete {file.path.parent} to prepare again."
         ) from error
     if vocabulary.size != file.metadata.get("vocab_size"):
         raise DataError(
             f"{file.path.with_suffix('.json')} says vocab_size={file.metadata.get('vocab_size')} "
-            f"but its vocabulary has {vocabulary.size} ids. Delete {file.path.parent} to prepare again."
+            f"but its vocabulary has {vocabulary.size} ids. "
+            f"Delete {file.path.parent} to prepare again."
         )
     return vocabulary
 

@@ -58,7 +58,9 @@ class DataConfig:
     vocabulary: str = "full"
     # compact only: exactly this many ids (the most frequent, padded with unused low-rank ids
     # when the data uses fewer); None = exactly the ids the training split uses
-    vocab_size: int | None = ranged(None, "[257, 201088]")  # 256 byte tokens + <|endoftext|> at least
+    vocab_size: int | None = ranged(
+        None, "[257, 201088]"
+    )  # 256 byte tokens + <|endoftext|> at least
 
     def __post_init__(self) -> None:
         # Hydra hands over ListConfig objects; plain lists keep the config picklable and simple.
@@ -76,7 +78,8 @@ class DataConfig:
         for name, valid in choices.items():
             if getattr(self, name) not in valid:
                 raise DataError(
-                    f"data.{name}={getattr(self, name)!r} is invalid: must be one of {', '.join(valid)}"
+                    f"data.{name}={getattr(self, name)!r} is invalid: "
+                    f"must be one of {', '.join(valid)}"
                 )
         check_fields(self, "data", DataConfigError)
         if not self.name or "/" in self.name:
@@ -107,7 +110,8 @@ class DataConfig:
 
 
 def default_cache_dir() -> Path:
-    """$GPT_OSS_DATA_DIR, else the project's data/ folder (a user cache for non-editable installs)."""
+    """$GPT_OSS_DATA_DIR, else the project's data/ folder (a user cache for non-editable
+    installs)."""
     if os.environ.get("GPT_OSS_DATA_DIR"):
         return Path(os.environ["GPT_OSS_DATA_DIR"]).expanduser()
     root = Path(__file__).resolve().parents[2]

@@ -33,7 +33,8 @@ def _env_offline() -> str | None:
 
 
 def _hub_address() -> tuple[str, int]:
-    """Where a connection to the hub goes first: the HTTPS proxy if one is set, else the endpoint."""
+    """Where a connection to the hub goes first: the HTTPS proxy if one is set, else the
+    endpoint."""
     proxy = os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy")
     url = urlparse(proxy or os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
     return url.hostname or "huggingface.co", url.port or (443 if url.scheme == "https" else 80)
@@ -97,12 +98,14 @@ def load_hub_dataset(config: DataConfig) -> tuple[Any | None, str]:
 
 
 def hub_documents(dataset: Any, config: DataConfig) -> dict[str, Documents]:
-    """The train and val documents of a loaded DatasetDict; DataError for a missing split or field."""
+    """The train and val documents of a loaded DatasetDict; DataError for a missing split or
+    field."""
     documents = {}
     for split, name in (("train", config.train_split), ("val", config.val_split)):
         if name not in dataset:
             raise DataError(
-                f"{config.hub_path} has no split {name!r} (data.{split}_split); it has {list(dataset)}"
+                f"{config.hub_path} has no split {name!r} (data.{split}_split); "
+                f"it has {list(dataset)}"
             )
         where = f"{config.hub_path}[{name!r}]"
         documents[split] = ArrowDocuments(
@@ -120,8 +123,10 @@ def fallback_message(config: DataConfig, reason: str) -> str:
             f"DATA FALLBACK: {config.hub_path} is not available: {reason}.",
             f"Using the SYNTHETIC story corpus instead ({config.synthetic_train_stories} train / "
             f"{config.synthetic_val_stories} val stories, seed {config.synthetic_seed}).",
-            "Results are NOT comparable with TinyStories runs; the run's config records this fallback.",
-            "  real text offline:  data=text data.train_files=[train.jsonl] data.val_files=[val.jsonl]",
+            "Results are NOT comparable with TinyStories runs; "
+            "the run's config records this fallback.",
+            "  real text offline:  data=text data.train_files=[train.jsonl] "
+            "data.val_files=[val.jsonl]",
             "  synthetic on purpose (no warning):  data=synthetic",
             "  fail instead of falling back:  data.offline_fallback=error",
             rule,

@@ -37,7 +37,8 @@ def _to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
 def windows_to_batch(
     tokens: np.ndarray, starts: np.ndarray, seq_len: int, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(inputs, targets) int64 of shape (len(starts), seq_len); targets are inputs shifted by one."""
+    """(inputs, targets) int64 of shape (len(starts), seq_len); targets are inputs shifted by
+    one."""
     index = starts[:, None] + np.arange(seq_len + 1)  # (batch, seq_len + 1)
     window = tokens[index].astype(np.int64)
     inputs, targets = np.ascontiguousarray(window[:, :-1]), np.ascontiguousarray(window[:, 1:])
@@ -68,7 +69,8 @@ class TrainLoader:
         self.tokens = _token_array(tokens)
         if len(self.tokens) < seq_len + 1:
             raise DataError(
-                f"{len(self.tokens)} tokens are too few for one window of seq_len={seq_len} (+1 target)"
+                f"{len(self.tokens)} tokens are too few for one window of "
+                f"seq_len={seq_len} (+1 target)"
             )
         self.batch_size, self.seq_len, self.seed = batch_size, seq_len, int(seed)
         self.rank, self.world_size = rank, world_size
@@ -142,7 +144,8 @@ class ValLoader:
         self.tokens = _token_array(tokens)
         if len(self.tokens) < seq_len + 1:
             raise DataError(
-                f"{len(self.tokens)} validation tokens are too few for one window of seq_len={seq_len}"
+                f"{len(self.tokens)} validation tokens are too few for one window of "
+                f"seq_len={seq_len}"
             )
         # UTF-8 bytes per token of the split, for the trainer's bits per byte (None: unknown)
         self.bytes_per_token = tokens.bytes_per_token if isinstance(tokens, TokenFile) else None

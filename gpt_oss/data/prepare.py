@@ -227,7 +227,8 @@ def _synthetic_plan(config: DataConfig) -> _Plan:
         }
 
     description = (
-        f"synthetic stories (gpt_oss.data.synthetic, seed {seed}: {sizes[0]} train / {sizes[1]} val)"
+        f"synthetic stories (gpt_oss.data.synthetic, seed {seed}: "
+        f"{sizes[0]} train / {sizes[1]} val)"
     )
     return _Plan(_Source("synthetic", "synthetic", description, identity), open_documents)
 
@@ -290,7 +291,8 @@ def _hub_source(config: DataConfig) -> _Source:
     }
     subset = f" ({config.hub_name})" if config.hub_name else ""
     description = (
-        f"{config.hub_path}{subset} (Hugging Face hub; splits {config.train_split}/{config.val_split}, "
+        f"{config.hub_path}{subset} (Hugging Face hub; "
+        f"splits {config.train_split}/{config.val_split}, "
         f"field {config.text_field!r})"
     )
     return _Source("hub", config.name, description, identity)
@@ -311,7 +313,11 @@ def _opened(documents: dict[str, Documents]) -> OpenDocuments:
 
 
 def _write_split(
-    directory: Path, split: str, documents: Documents, source: _Source, num_proc: int,
+    directory: Path,
+    split: str,
+    documents: Documents,
+    source: _Source,
+    num_proc: int,
     progress: bool,
 ) -> TokenFile:
     """Tokenize one split into directory/<split>.bin atomically, then write its metadata."""
@@ -322,7 +328,9 @@ def _write_split(
     bin_path.with_suffix(".json").unlink(missing_ok=True)
     tmp = temporary_path(bin_path)
     digest, totals, start = hashlib.sha256(), np.zeros(3, dtype=np.int64), time.perf_counter()
-    bar = tqdm(total=len(documents), unit="doc", desc=f"{source.name}/{split}", disable=not progress)
+    bar = tqdm(
+        total=len(documents), unit="doc", desc=f"{source.name}/{split}", disable=not progress
+    )
     try:
         with open(tmp, "wb") as handle, bar:
             for tokens, num_documents, num_bytes, done in _encode_all(documents, num_proc):
@@ -336,7 +344,8 @@ def _write_split(
             os.fsync(handle.fileno())
         if totals[1] == 0:
             raise DataError(
-                f"empty corpus: the {split} split of {source.description} has no non-empty documents"
+                f"empty corpus: the {split} split of {source.description} "
+                f"has no non-empty documents"
             )
         os.replace(tmp, bin_path)
     finally:
@@ -458,8 +467,7 @@ def _prepare_plan(plan: _Plan, root: Path, config: DataConfig, progress: bool) -
     start = time.perf_counter()
     with _exclusive(directory):
         files = {
-            split: _open_split(directory, split, source, config.verify_checksum)
-            for split in SPLITS
+            split: _open_split(directory, split, source, config.verify_checksum) for split in SPLITS
         }
         missing = tuple(split for split, file in files.items() if file is None)
         if missing:
@@ -480,7 +488,8 @@ def _fall_back(config: DataConfig, root: Path, progress: bool, reason: str) -> P
         raise DataError(
             f"{config.hub_path} is not available: {reason}. Without network, point at local files "
             f"(data=text data.train_files=[train.jsonl] data.val_files=[val.jsonl]; .txt, .jsonl, "
-            f".json or .parquet), use the built-in corpus (data=synthetic), or pre-fill the Hugging "
+            f".json or .parquet), use the built-in corpus (data=synthetic), "
+            f"or pre-fill the Hugging "
             f"Face cache on a connected machine."
         )
     log.warning(fallback_message(config, reason))

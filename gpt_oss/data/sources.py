@@ -213,7 +213,8 @@ def check_text_column(dataset: Any, text_field: str, where: str) -> Any:
     feature = dataset.features.get(text_field)
     if feature is None:
         raise DataError(
-            f"{where} has no field {text_field!r} (data.text_field); its fields are {list(dataset.features)}"
+            f"{where} has no field {text_field!r} (data.text_field); "
+            f"its fields are {list(dataset.features)}"
         )
     if getattr(feature, "dtype", None) not in ("string", "large_string"):
         raise DataError(f"{where}: field {text_field!r} holds {feature}, not text")
@@ -224,7 +225,8 @@ def hold_out(documents: Documents, fraction: float, files: list[str]) -> dict[st
     """The last `fraction` of the documents (at least one) become the validation split."""
     if fraction <= 0:
         raise DataError(
-            "data.val_files is empty and data.val_fraction=0: give validation files or a fraction > 0"
+            "data.val_files is empty and data.val_fraction=0: "
+            "give validation files or a fraction > 0"
         )
     held = max(1, round(len(documents) * fraction))
     if len(documents) - held < 1:

@@ -253,7 +253,8 @@ class _Story:
         return f"{self.object_adjective} {self.noun}"
 
     def say(self, speaker: Character | str, line: str, verb: str | None = None) -> str:
-        """A dialogue sentence in one of three shapes: `"..." said X.`, `"..." X said.`, `X said, "..."`."""
+        """A dialogue sentence in one of three shapes: `"..." said X.`, `"..." X said.`,
+        `X said, "..."`."""
         name = speaker if isinstance(speaker, str) else speaker.name
         if verb is None and line.endswith("?"):
             verb = self.pick("asked", "asked", "wondered")
@@ -277,11 +278,13 @@ def _opening(s: _Story) -> None:
     adjective = s.adjective
     s.add(
         s.pick(
-            f"Once upon a time, there was {article(adjective)} {adjective} {kind} named {hero.name}.",
+            f"Once upon a time, there was {article(adjective)} {adjective} {kind} "
+            f"named {hero.name}.",
             f"Once upon a time, in a {s.pick('small', 'quiet', 'busy', 'pretty')} town, there "
             f"lived {article(adjective)} {adjective} {kind} called {hero.name}.",
             f"There once was {article(adjective)} {adjective} {kind} named {hero.name}.",
-            f"{hero.name} was {article(adjective)} {adjective} {kind} who lived near the {s.place}.",
+            f"{hero.name} was {article(adjective)} {adjective} {kind} "
+            f"who lived near the {s.place}.",
         )
     )
     base, past, ing = s.activity
@@ -296,7 +299,8 @@ def _opening(s: _Story) -> None:
     if s.rng.random() < 0.6:
         s.add(
             s.pick(
-                f"{hero.she} had {article(s.object_adjective)} {s.thing} that {hero.she} loved very much.",
+                f"{hero.she} had {article(s.object_adjective)} {s.thing} "
+                f"that {hero.she} loved very much.",
                 f"{hero.his} favorite toy was {article(s.object_adjective)} {s.thing}.",
                 f"{hero.his} {s.grownup} gave {hero.her} {article(s.object_adjective)} {s.thing}.",
             )
@@ -419,7 +423,8 @@ def _plot_fear(s: _Story) -> str:
         f"{hero.she} was very scared.",
         s.say(hero, s.pick("Who is there?", "What was that?", "Is someone there?"), "whispered"),
         s.pick(
-            f"{hero.she} wanted to run to {hero.his} {s.grownup}, but {hero.she} wanted to be brave.",
+            f"{hero.she} wanted to run to {hero.his} {s.grownup}, "
+            f"but {hero.she} wanted to be brave.",
             f"{hero.she} took a deep breath and held {hero.his} {s.noun} close.",
         ),
         f"Slowly, {hero.she} looked {s.rng.choice(HIDING_SPOTS)}.",
@@ -442,7 +447,8 @@ def _plot_help(s: _Story) -> str:
     )
     s.add(
         f"At the {s.place}, {hero.name} saw a little {animal} with {hurt}.",
-        f"The {animal} could not {s.pick('move', 'play', 'go home')} and looked very {s.pick('sad', 'tired', 'scared')}.",
+        f"The {animal} could not {s.pick('move', 'play', 'go home')} "
+        f"and looked very {s.pick('sad', 'tired', 'scared')}.",
         s.say(
             hero,
             s.pick(f"Poor little {animal}. I will help you.", "Don't be scared. I am your friend."),
@@ -455,7 +461,8 @@ def _plot_help(s: _Story) -> str:
         f"Every day, {hero.name} took care of the {animal}.",
         f"Soon the {animal} was strong again.",
         s.pick(
-            f"One morning, the {animal} {'flew' if animal in ('bird', 'duck') else 'ran'} away, but it came back to visit every day.",
+            f"One morning, the {animal} {'flew' if animal in ('bird', 'duck') else 'ran'} away, "
+            f"but it came back to visit every day.",
             f"The {animal} stayed with {hero.name} and became {hero.his} best friend.",
         ),
     )
@@ -526,14 +533,16 @@ def _plot_listen(s: _Story) -> str:
 def _plot_friend(s: _Story) -> str:
     hero, friend = s.hero, s.friend
     s.add(
-        f"At the {s.place}, {hero.name} saw {article(friend.kind)} {friend.kind} sitting all alone.",
+        f"At the {s.place}, {hero.name} saw {article(friend.kind)} {friend.kind} "
+        f"sitting all alone.",
         f"{hero.name} was shy, but {hero.she} walked over.",
         s.say(hero, s.pick("Hello! What is your name?", "Hi! Do you want to play with me?")),
         s.say(friend, s.pick(f"My name is {friend.name}.", f"I am {friend.name}. I am new here.")),
         f"{friend.name} looked {s.pick('happy', 'surprised', 'glad')}.",
         s.pick(
             f"They {s.activity[1]} together until the sun went down.",
-            f"{hero.name} showed {friend.name} {hero.his} {s.thing}, and they played with it together.",
+            f"{hero.name} showed {friend.name} {hero.his} {s.thing}, "
+            f"and they played with it together.",
         ),
         f"From that day on, {hero.name} and {friend.name} were best friends.",
     )
@@ -547,8 +556,10 @@ def _plot_gift(s: _Story) -> str:
             f"It was {hero.name}'s birthday.",
             f"It was a special day: {hero.name} was turning five.",
         ),
-        f"{hero.his} {s.grownup} made a big cake with {s.pick('pink', 'white', 'chocolate', 'yellow')} frosting.",
-        f"{friend.name} came with a box tied with a {s.pick('red', 'blue', 'green', 'gold')} ribbon.",
+        f"{hero.his} {s.grownup} made a big cake with "
+        f"{s.pick('pink', 'white', 'chocolate', 'yellow')} frosting.",
+        f"{friend.name} came with a box tied with a "
+        f"{s.pick('red', 'blue', 'green', 'gold')} ribbon.",
         s.say(friend, "Happy birthday! This is for you."),
         f"{hero.name} opened the box.",
         f"Inside was {article(s.object_adjective)} {s.thing}!",

@@ -96,7 +96,8 @@ class TokenFile:
 
     @classmethod
     def open(cls, path: str | Path, verify_checksum: str = "auto") -> TokenFile:
-        """Open a prepared .bin; DataError naming the file when it is missing, truncated or corrupt."""
+        """Open a prepared .bin; DataError naming the file when it is missing, truncated or
+        corrupt."""
         path = Path(path)
         metadata = read_metadata(path)
         if metadata is None:
@@ -111,11 +112,13 @@ class TokenFile:
         if size != expected:
             raise DataError(
                 f"{path} is truncated or corrupt: {size} bytes, but its metadata says "
-                f"{metadata['num_tokens']} tokens = {expected} bytes. Delete {path.parent} to prepare again."
+                f"{metadata['num_tokens']} tokens = {expected} bytes. "
+                f"Delete {path.parent} to prepare again."
             )
         if _should_verify(verify_checksum, size) and sha256_file(path) != metadata["sha256"]:
             raise DataError(
-                f"{path} is corrupt: its sha256 differs from the one in {path.with_suffix('.json')}. "
+                f"{path} is corrupt: its sha256 differs from the one in "
+                f"{path.with_suffix('.json')}. "
                 f"Delete {path.parent} to prepare again."
             )
         return cls(path, metadata, np.memmap(path, dtype=TOKEN_DTYPE, mode="r"))

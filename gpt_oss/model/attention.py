@@ -67,7 +67,12 @@ def attention_mask(
 
 
 def attention_eager(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sinks: torch.Tensor, mask: torch.Tensor, scale: float
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    sinks: torch.Tensor,
+    mask: torch.Tensor,
+    scale: float,
 ) -> torch.Tensor:
     """Reference: full score matrix, sink appended as a last column, softmax, sink dropped."""
     groups = q.shape[1] // k.shape[1]
@@ -83,7 +88,12 @@ def attention_eager(
 
 
 def attention_sdpa(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sinks: torch.Tensor, mask: torch.Tensor, scale: float
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    sinks: torch.Tensor,
+    mask: torch.Tensor,
+    scale: float,
 ) -> torch.Tensor:
     """PyTorch's fused SDPA with the sink as an extra key.
 
@@ -97,7 +107,9 @@ def attention_sdpa(
     kv_heads, keys = k.shape[1], k.shape[2]
     padded = (head_dim + 1 + 7) // 8 * 8
     extra = padded - head_dim
-    sink_feature = (sinks.to(q.dtype) / scale).view(1, q_heads, 1, 1).expand(batch, -1, q.shape[2], 1)
+    sink_feature = (
+        (sinks.to(q.dtype) / scale).view(1, q_heads, 1, 1).expand(batch, -1, q.shape[2], 1)
+    )
     q = torch.cat([q, sink_feature, q.new_zeros(*q.shape[:-1], extra - 1)], dim=-1)  # (B, Hq, T, P)
     sink_key = k.new_zeros(batch, kv_heads, 1, padded)
     sink_key[..., head_dim] = 1.0
@@ -133,7 +145,12 @@ def _compiled_flex():
 
 
 def attention_flex(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sinks: torch.Tensor, sliding_window: int | None, scale: float
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    sinks: torch.Tensor,
+    sliding_window: int | None,
+    scale: float,
 ) -> torch.Tensor:
     """FlexAttention over block-sparse causal/window masks; the sink enters through the LSE.
 
@@ -144,7 +161,12 @@ def attention_flex(
     block_mask = _block_mask(seq_len, sliding_window, str(q.device))
     flex = _compiled_flex() if q.is_cuda else _eager_flex()
     out, aux = flex(
-        q, k, v, block_mask=block_mask, scale=scale, enable_gqa=k.shape[1] != q.shape[1],
+        q,
+        k,
+        v,
+        block_mask=block_mask,
+        scale=scale,
+        enable_gqa=k.shape[1] != q.shape[1],
         return_aux=_lse_request(),
     )
     lse = aux.lse  # (B, Hq, T), natural log

@@ -104,7 +104,9 @@ class ModelConfig:
                 f"multiple of num_key_value_heads={self.num_key_value_heads}"
             )
         if self.head_dim % 2:
-            raise ConfigError(f"model.head_dim={self.head_dim} is invalid: RoPE needs an even head_dim")
+            raise ConfigError(
+                f"model.head_dim={self.head_dim} is invalid: RoPE needs an even head_dim"
+            )
         if len(self.layer_types) != self.num_hidden_layers:
             raise ConfigError(
                 f"model.layer_types has {len(self.layer_types)} entries but "
@@ -121,9 +123,13 @@ class ModelConfig:
             ("balancing", BALANCING),
         ):
             if getattr(self, name) not in valid:
-                raise ConfigError(f"model.{name}={getattr(self, name)!r} is invalid: valid are {valid}")
+                raise ConfigError(
+                    f"model.{name}={getattr(self, name)!r} is invalid: valid are {valid}"
+                )
         if not isinstance(self.rope_truncate, bool):
-            raise ConfigError(f"model.rope_truncate={self.rope_truncate!r} is invalid: must be true or false")
+            raise ConfigError(
+                f"model.rope_truncate={self.rope_truncate!r} is invalid: must be true or false"
+            )
 
     def require_vocab_size(self) -> int:
         """vocab_size, or ConfigError when it is still null (to follow data not yet prepared)."""
@@ -143,7 +149,9 @@ class ModelConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ConfigError(f"unknown model config keys {unknown}; valid keys are {sorted(known)}")
+            raise ConfigError(
+                f"unknown model config keys {unknown}; valid keys are {sorted(known)}"
+            )
         return cls(**values)
 
     @property
@@ -165,7 +173,9 @@ def layer_pattern(name: str, num_layers: int) -> list[str]:
         "all_full": ["full_attention"] * num_layers,
         "all_sliding": ["sliding_attention"] * num_layers,
         # one full layer for every three sliding ones, the full one last in each group of 4
-        "one_in_four": ["full_attention" if i % 4 == 3 else "sliding_attention" for i in range(num_layers)],
+        "one_in_four": [
+            "full_attention" if i % 4 == 3 else "sliding_attention" for i in range(num_layers)
+        ],
     }
     if name not in patterns:
         raise ConfigError(f"layer pattern {name!r} is unknown: valid are {sorted(patterns)}")

@@ -24,7 +24,24 @@ from gpt_oss.model.vocabulary import (
 )
 from gpt_oss.training.checkpoint import CheckpointError, build_with_state
 
-FP4_VALUES = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0)
+FP4_VALUES = (
+    0.0,
+    0.5,
+    1.0,
+    1.5,
+    2.0,
+    3.0,
+    4.0,
+    6.0,
+    -0.0,
+    -0.5,
+    -1.0,
+    -1.5,
+    -2.0,
+    -3.0,
+    -4.0,
+    -6.0,
+)
 SHARD_BYTES = 4 * 2**30
 # Beside config.json in an export of a compact-vocabulary model: Vocabulary.to_dict(), the
 # o200k ids the model's ids stand for (README: "Tokenizing for a compact export").
@@ -114,7 +131,9 @@ def hf_config(config: ModelConfig, vocabulary: Vocabulary | None = None) -> dict
         "rope_scaling": _hf_rope(config),
     }
     if vocabulary is not None:  # our models see <|endoftext|> before every document
-        out |= dict.fromkeys(("bos_token_id", "eos_token_id", "pad_token_id"), vocabulary.endoftext_id)
+        out |= dict.fromkeys(
+            ("bos_token_id", "eos_token_id", "pad_token_id"), vocabulary.endoftext_id
+        )
     elif config.vocab_size > ENDOFTEXT_ID:
         out |= dict.fromkeys(("bos_token_id", "eos_token_id", "pad_token_id"), ENDOFTEXT_ID)
     return out
@@ -316,7 +335,9 @@ def export_hf(
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {}
     for name, tensor in model.state_dict().items():
-        if name.endswith("selection_bias") or (name == "lm_head.weight" and model.config.tie_embeddings):
+        if name.endswith("selection_bias") or (
+            name == "lm_head.weight" and model.config.tie_embeddings
+        ):
             continue
         key = name if name.startswith("lm_head.") else f"model.{name}"
         tensors[key] = tensor.detach().to(dtype or tensor.dtype).contiguous().cpu()
@@ -352,11 +373,15 @@ def hf_vocabulary(directory: str | Path) -> Vocabulary | None:
     return vocabulary
 
 
-def dequantize_mxfp4(blocks: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
+def dequantize_mxfp4(
+    blocks: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype = torch.bfloat16
+) -> torch.Tensor:
     """MXFP4 -> dense. blocks (..., G, 16) uint8, two fp4 codes a byte, low nibble first;
     scales (..., G) uint8 E8M0 exponents (2^(s - 127)), one per 32 values. Returns (..., G * 32)."""
     if blocks.shape[:-1] != scales.shape:
-        raise CheckpointError(f"MXFP4 blocks {tuple(blocks.shape)} do not match scales {tuple(scales.shape)}")
+        raise CheckpointError(
+            f"MXFP4 blocks {tuple(blocks.shape)} do not match scales {tuple(scales.shape)}"
+        )
     table = torch.tensor(FP4_VALUES, dtype=torch.float32, device=blocks.device)
     blocks = blocks.to(torch.uint8)
     codes = torch.stack([blocks & 0x0F, blocks >> 4], dim=-1).long()  # (..., G, 16, 2)
@@ -376,7 +401,9 @@ def _safetensor_files(directory: Path) -> list[Path]:
     try:
         names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
     except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as error:
-        raise CheckpointError(f"{index} is not a safetensors index (a weight_map): {error}") from error
+        raise CheckpointError(
+            f"{index} is not a safetensors index (a weight_map): {error}"
+        ) from error
     return [_shard_inside(directory, index, name) for name in names]
 
 
@@ -395,7 +422,9 @@ def _shard_inside(directory: Path, index: Path, name: object) -> Path:
     return path
 
 
-def read_hf_state_dict(directory: Path, dtype: torch.dtype, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+def read_hf_state_dict(
+    directory: Path, dtype: torch.dtype, device: str | torch.device = "cpu"
+) -> dict[str, torch.Tensor]:
     """All tensors of a Hugging Face GptOss directory under our names, MXFP4 dequantized.
 
     Tensors are read one at a time (safetensors memory-maps the shards) and go straight to
@@ -419,7 +448,9 @@ def read_hf_state_dict(directory: Path, dtype: torch.dtype, device: str | torch.
             state[name.removesuffix("_blocks")] = _dequantize_experts(blocks, scales, dtype, device)
         else:
             tensor = _read(files[key], key)
-            state[name] = tensor.to(device=device, dtype=dtype if tensor.is_floating_point() else tensor.dtype)
+            state[name] = tensor.to(
+                device=device, dtype=dtype if tensor.is_floating_point() else tensor.dtype
+            )
     return state
 
 
@@ -428,7 +459,9 @@ def _read(path: Path, key: str) -> torch.Tensor:
         try:
             return f.get_tensor(key)
         except SafetensorError as error:
-            raise CheckpointError(f"{path} is truncated or corrupt: tensor {key}: {error}") from error
+            raise CheckpointError(
+                f"{path} is truncated or corrupt: tensor {key}: {error}"
+            ) from error
 
 
 @contextmanager
@@ -445,23 +478,34 @@ def _open_shard(path: Path) -> Iterator[Any]:
 
 
 def _dequantize_experts(
-    blocks: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype, device, experts_per_chunk: int = 4
+    blocks: torch.Tensor,
+    scales: torch.Tensor,
+    dtype: torch.dtype,
+    device,
+    experts_per_chunk: int = 4,
 ) -> torch.Tensor:
     """(E, rows, G, 16) codes -> dense (E, G * 32, rows) in our layout, a few experts at a time
     (the dequantization temporaries take 16 bytes per value)."""
     if blocks.shape[:-1] != scales.shape:
-        raise CheckpointError(f"MXFP4 blocks {tuple(blocks.shape)} do not match scales {tuple(scales.shape)}")
+        raise CheckpointError(
+            f"MXFP4 blocks {tuple(blocks.shape)} do not match scales {tuple(scales.shape)}"
+        )
     experts, rows, groups = scales.shape
     out = torch.empty(experts, groups * 32, rows, dtype=dtype, device=device)
     for start in range(0, experts, experts_per_chunk):
         chunk = slice(start, start + experts_per_chunk)
-        dense = dequantize_mxfp4(blocks[chunk].to(device), scales[chunk].to(device), dtype)  # (e, rows, cols)
+        dense = dequantize_mxfp4(
+            blocks[chunk].to(device), scales[chunk].to(device), dtype
+        )  # (e, rows, cols)
         out[chunk] = dense.transpose(1, 2)
     return out
 
 
 def import_hf(
-    directory: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu", **overrides
+    directory: str | Path,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    **overrides,
 ) -> GptOss:
     """A GptOss with the weights of a Hugging Face directory (dense or MXFP4 experts)."""
     directory = Path(directory)

@@ -99,7 +99,8 @@ def _architecture(config: ModelConfig, compact: bool) -> str:
         ("experts / per token / width", f"{config.num_experts} / {config.experts_per_token} / "
                                         f"{config.intermediate_size}"),
         ("vocabulary", f"{config.vocab_size:,} ("
-                       + ("a compact subset of o200k_harmony" if compact else "o200k_harmony") + ")"),
+                       + ("a compact subset of o200k_harmony" if compact else "o200k_harmony")
+                       + ")"),
         ("positions", f"{config.max_position_embeddings:,}, RoPE theta {config.rope_theta:g}, "
                       f"YaRN factor {config.rope_scaling_factor:g}"),
     ]  # fmt: skip

@@ -264,4 +264,3 @@ def load_balancing_loss(routing: Routing, num_experts: int) -> torch.Tensor:
 def router_z_loss(routing: Routing) -> torch.Tensor:
     """Mean squared log-partition of the router logits (ST-MoE): keeps logits small."""
     return torch.logsumexp(routing.logits.float(), dim=-1).pow(2).mean()
-

@@ -67,8 +67,16 @@ class Experts(nn.Module):
 
     def __init__(self, config: ModelConfig):
         super().__init__()
-        E, H, W = config.num_experts, config.hidden_size, config.intermediate_size  # W: expert width
-        self.alpha, self.limit, self.impl = config.swiglu_alpha, config.swiglu_limit, config.moe_impl
+        E, H, W = (
+            config.num_experts,
+            config.hidden_size,
+            config.intermediate_size,
+        )  # W: expert width
+        self.alpha, self.limit, self.impl = (
+            config.swiglu_alpha,
+            config.swiglu_limit,
+            config.moe_impl,
+        )
         self.gate_up_proj = nn.Parameter(torch.empty(E, H, 2 * W))  # gate/linear interleaved
         self.gate_up_proj_bias = nn.Parameter(torch.zeros(E, 2 * W))
         self.down_proj = nn.Parameter(torch.empty(E, W, H))
@@ -82,7 +90,10 @@ class Experts(nn.Module):
 
     def _expert(self, x: torch.Tensor, e: int) -> torch.Tensor:
         gate_up = x @ self.gate_up_proj[e] + self.gate_up_proj_bias[e]
-        return clamped_swiglu(gate_up, self.alpha, self.limit) @ self.down_proj[e] + self.down_proj_bias[e]
+        return (
+            clamped_swiglu(gate_up, self.alpha, self.limit) @ self.down_proj[e]
+            + self.down_proj_bias[e]
+        )
 
     def _loop(self, x: torch.Tensor, routing: Routing) -> torch.Tensor:
         """Plain path: one masked gather and matmul per expert that received tokens."""
@@ -172,7 +183,9 @@ def compute_dtype(x: torch.Tensor) -> torch.dtype:
     return x.dtype
 
 
-def grouped_mm(rows: torch.Tensor, weights: torch.Tensor, offsets: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+def grouped_mm(
+    rows: torch.Tensor, weights: torch.Tensor, offsets: torch.Tensor, counts: torch.Tensor
+) -> torch.Tensor:
     """rows (M, K) sorted by group, weights (G, K, N) -> (M, N); torch._grouped_mm when it runs."""
     if _grouped_mm_supported(rows, weights):
         return torch._grouped_mm(rows, weights, offs=offsets)

@@ -234,7 +234,8 @@ def _check_lengths(
     longest = max((len(p) for p in prompts), default=0)
     if longest + max_new_tokens > max_positions:
         raise ValueError(
-            f"a prompt of {longest} tokens plus max_new_tokens={max_new_tokens} exceeds the model's "
+            f"a prompt of {longest} tokens plus max_new_tokens={max_new_tokens} "
+            f"exceeds the model's "
             f"max_position_embeddings={max_positions}"
         )
     for prompt in prompts:

@@ -117,19 +117,28 @@ def training_memory(
     return plan
 
 
-def format_training_plan(plan: dict[str, float], gpus: int, batch_size: int, seq_len: int,
-                         activation_checkpointing: bool, gpu_gb: float) -> str:
+def format_training_plan(
+    plan: dict[str, float],
+    gpus: int,
+    batch_size: int,
+    seq_len: int,
+    activation_checkpointing: bool,
+    gpu_gb: float,
+) -> str:
     """The per-GPU training memory table `python -m gpt_oss.info` prints."""
     sharding = f"FSDP over {gpus} GPUs" if gpus > 1 else "one GPU, no sharding"
     lines = [
-        f"training memory per GPU ({sharding}; AdamW, bf16 autocast; {batch_size} x {seq_len} tokens "
+        f"training memory per GPU ({sharding}; AdamW, bf16 autocast; "
+        f"{batch_size} x {seq_len} tokens "
         f"per GPU; activation checkpointing {'on' if activation_checkpointing else 'off'})",
         f"{'':<32}{'GB':>10}{'GiB':>10}",
     ]
     for label, size in plan.items():
         lines.append(f"  {label:<30}{size / 1e9:>10.2f}{size / 2**30:>10.2f}")
     verdict = "fits" if plan["total"] < 0.9 * gpu_gb * 1e9 else "does NOT fit"
-    lines.append(f"  -> {verdict} a {gpu_gb:g} GB GPU (estimate; keep ~10% for the allocator and CUDA)")
+    lines.append(
+        f"  -> {verdict} a {gpu_gb:g} GB GPU (estimate; keep ~10% for the allocator and CUDA)"
+    )
     return "\n".join(lines)
 
 

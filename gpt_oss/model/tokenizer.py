@@ -82,6 +82,7 @@ def get_tokenizer() -> tiktoken.Encoding:
     encoding = tiktoken.get_encoding(ENCODING_NAME)
     if encoding.n_vocab != VOCAB_SIZE or encoding.encode_single_token(ENDOFTEXT) != ENDOFTEXT_ID:
         raise TokenizerError(
-            f"{ENCODING_NAME} has n_vocab {encoding.n_vocab}, expected {VOCAB_SIZE}: wrong tiktoken version?"
+            f"{ENCODING_NAME} has n_vocab {encoding.n_vocab}, expected {VOCAB_SIZE}: "
+            f"wrong tiktoken version?"
         )
     return encoding

@@ -110,7 +110,8 @@ def resolve_vocabulary(setting: str, model_vocab_size: int | None) -> str:
     201088 ids (model=full, gpt_oss_120b, release weights) and compact otherwise."""
     if setting not in VOCABULARY_SETTINGS:
         raise VocabularyError(
-            f"data.vocabulary={setting!r} is invalid: must be one of {', '.join(VOCABULARY_SETTINGS)}"
+            f"data.vocabulary={setting!r} is invalid: "
+            f"must be one of {', '.join(VOCABULARY_SETTINGS)}"
         )
     if setting != "auto":
         return setting
@@ -251,7 +252,8 @@ class CompactVocabulary(Vocabulary):
         missing = sorted(set(byte_token_ids().tolist()) - set(ids.tolist()))
         if missing:
             raise VocabularyError(
-                f"a compact vocabulary must hold all 256 single-byte tokens; o200k ids {missing[:5]} "
+                f"a compact vocabulary must hold all 256 single-byte tokens; "
+                f"o200k ids {missing[:5]} "
                 f"({len(missing)} in all) are missing"
             )
         if ENDOFTEXT_ID not in set(ids.tolist()):
@@ -377,7 +379,8 @@ def vocabulary_from_dict(values: dict[str, Any] | None) -> Vocabulary:
         raise VocabularyError(f"not a gpt-oss-lab vocabulary (expected format {FORMAT!r})")
     if values.get("tokenizer") != ENCODING_NAME:
         raise VocabularyError(
-            f"vocabulary of tokenizer {values.get('tokenizer')!r}; only {ENCODING_NAME} is supported"
+            f"vocabulary of tokenizer {values.get('tokenizer')!r}; "
+            f"only {ENCODING_NAME} is supported"
         )
     kind = values.get("kind")
     if kind == "full":
@@ -401,6 +404,7 @@ def vocabulary_from_dict(values: dict[str, Any] | None) -> Vocabulary:
     vocabulary = CompactVocabulary(ids)
     if values.get("vocab_size") != vocabulary.size:
         raise VocabularyError(
-            f"compact vocabulary says vocab_size={values.get('vocab_size')} but holds {vocabulary.size} ids"
+            f"compact vocabulary says vocab_size={values.get('vocab_size')} "
+            f"but holds {vocabulary.size} ids"
         )
     return vocabulary

@@ -368,8 +368,10 @@ def pairs_table(pairs: Sequence[dict[str, Any]], metric: str) -> str:
         "|---|---|---:|---:|---:|---:|---:|---|",
     ]
     for pair in pairs:
-        numbers = [f"{pair[k]:+.4f}" if k == "difference" else _number(pair[k]) for k in
-                   ("difference", "t", "df", "p", "p_holm")]
+        numbers = [
+            f"{pair[k]:+.4f}" if k == "difference" else _number(pair[k])
+            for k in ("difference", "t", "df", "p", "p_holm")
+        ]
         mark = "**yes**" if pair["beyond_noise"] else "no"
         lines.append(f"| {pair['a']} | {pair['b']} | " + " | ".join(numbers) + f" | {mark} |")
     return "\n".join(lines)
@@ -449,7 +451,9 @@ def _plot_final(
         xs, means, lows, highs = (list(v) for v in zip(*points, strict=True))
         style = {"marker": "o", "ls": "-" if numeric else "", "label": label or None}
         if interval:
-            below = [m - lo if math.isfinite(lo) else 0.0 for m, lo in zip(means, lows, strict=True)]
+            below = [
+                m - lo if math.isfinite(lo) else 0.0 for m, lo in zip(means, lows, strict=True)
+            ]
             above = [h - m if math.isfinite(h) else 0.0 for m, h in zip(means, highs, strict=True)]
             ax.errorbar(xs, means, yerr=[below, above], capsize=4, **style)
         else:

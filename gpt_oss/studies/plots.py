@@ -12,7 +12,9 @@ matplotlib.use("Agg")  # files only: no display on servers and CI
 import matplotlib.pyplot as plt  # noqa: E402
 
 
-def series(records: list[dict[str, Any]], split: str, key: str = "loss") -> tuple[list[int], list[float]]:
+def series(
+    records: list[dict[str, Any]], split: str, key: str = "loss"
+) -> tuple[list[int], list[float]]:
     """(steps, values) of one split's metric from metrics.jsonl records."""
     points = [(r["step"], r[key]) for r in records if r.get("split") == split and key in r]
     return [p[0] for p in points], [p[1] for p in points]
@@ -47,7 +49,9 @@ def expert_load_figure(load: list[list[float]], title: str = "expert load"):
     """Heatmap of each expert's share of its layer's tokens, (layers, experts): a balanced layer
     is one flat colour at 1/experts. Returns the matplotlib Figure (the caller closes it)."""
     num_layers, num_experts = len(load), len(load[0]) if load else 0
-    fig, ax = plt.subplots(figsize=(min(2 + 0.3 * num_experts, 14), min(1.5 + 0.3 * num_layers, 10)))
+    fig, ax = plt.subplots(
+        figsize=(min(2 + 0.3 * num_experts, 14), min(1.5 + 0.3 * num_layers, 10))
+    )
     image = ax.imshow(load, aspect="auto", cmap="viridis", vmin=0.0, interpolation="nearest")
     fig.colorbar(image, ax=ax, label="share of the layer's tokens")
     ax.set_xlabel("expert")

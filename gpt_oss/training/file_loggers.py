@@ -30,7 +30,8 @@ class TensorBoardLogger(NullLogger):
         # purge_step: readers drop the events the first run wrote after the checkpoint (the
         # resumed run logs those steps again); the checkpoint's own step stays, as in metrics.jsonl
         self.writer = SummaryWriter(
-            str(Path(run_dir) / self.save_dir), purge_step=step + 1 if step else None,
+            str(Path(run_dir) / self.save_dir),
+            purge_step=step + 1 if step else None,
             flush_secs=self.flush_secs,
         )
         self.writer.add_text("config", _code_block(config), global_step=step)
@@ -49,7 +50,9 @@ class TensorBoardLogger(NullLogger):
     def log_expert_load(self, load: list[list[float]], step: int) -> None:
         from gpt_oss.studies.plots import expert_load_figure
 
-        self.writer.add_figure("expert_load", expert_load_figure(load), global_step=step)  # closes it
+        self.writer.add_figure(
+            "expert_load", expert_load_figure(load), global_step=step
+        )  # closes it
 
     def summary(self, values: dict[str, Any]) -> None:
         self.writer.add_text("summary", _code_block(values))
@@ -96,7 +99,9 @@ class CSVLogger(NullLogger):
             if fresh:
                 writer.writerow(columns)
             for layer, shares in enumerate(load):
-                writer.writerows([step, layer, expert, share] for expert, share in enumerate(shares))
+                writer.writerows(
+                    [step, layer, expert, share] for expert, share in enumerate(shares)
+                )
 
 
 def read_csv_metrics(path: str | Path) -> list[dict[str, float]]:

@@ -11,7 +11,14 @@ import torch
 from gpt_oss.model.config import ModelConfig
 
 # Dense bf16 tensor-core peaks (no sparsity), FLOP/s.
-GPU_PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "H800": 989e12, "A100": 312e12, "L40S": 362e12, "4090": 165e12}
+GPU_PEAK_BF16 = {
+    "H100": 989e12,
+    "H200": 989e12,
+    "H800": 989e12,
+    "A100": 312e12,
+    "L40S": 362e12,
+    "4090": 165e12,
+}
 
 
 def flops_per_token(config: ModelConfig, seq_len: int) -> float:
@@ -22,12 +29,17 @@ def flops_per_token(config: ModelConfig, seq_len: int) -> float:
     halving), with keys = min(seq_len, window) on sliding layers.
     """
     c = config
-    attn_params = c.hidden_size * c.head_dim * (2 * c.num_attention_heads + 2 * c.num_key_value_heads)
+    attn_params = (
+        c.hidden_size * c.head_dim * (2 * c.num_attention_heads + 2 * c.num_key_value_heads)
+    )
     expert_params = 3 * c.hidden_size * c.intermediate_size * c.experts_per_token
     router_params = c.hidden_size * c.num_experts
     per_layer = attn_params + expert_params + router_params
     matmul_params = c.num_hidden_layers * per_layer + c.vocab_size * c.hidden_size  # + the head
-    keys = sum(min(seq_len, c.sliding_window) if t == "sliding_attention" else seq_len for t in c.layer_types)
+    keys = sum(
+        min(seq_len, c.sliding_window) if t == "sliding_attention" else seq_len
+        for t in c.layer_types
+    )
     attention = 12 * c.num_attention_heads * c.head_dim * keys
     return 6 * matmul_params + attention
 

@@ -20,7 +20,9 @@ DECAYED_ROLES = frozenset({Role.MATRIX, Role.EXPERT_MATRIX, Role.ROUTER, Role.HE
 MUON_ROLES = frozenset({Role.MATRIX, Role.EXPERT_MATRIX})
 
 
-def param_groups(model: nn.Module, weight_decay: float, decay_embeddings: bool = False) -> list[dict]:
+def param_groups(
+    model: nn.Module, weight_decay: float, decay_embeddings: bool = False
+) -> list[dict]:
     """Two AdamW groups by parameter role: decayed matrices, and everything else without decay."""
     decayed_roles = DECAYED_ROLES | ({Role.EMBEDDING} if decay_embeddings else set())
     decay, no_decay = [], []
@@ -84,11 +86,29 @@ class Muon(torch.optim.Optimizer):
     would see the layer.
     """
 
-    def __init__(self, groups: list[dict], lr: float, momentum: float, nesterov: bool, ns_steps: int,
-                 adamw_lr: float, adamw_betas: tuple[float, float], eps: float, weight_decay: float,
-                 roles: dict[torch.Tensor, Role] | None = None):
-        defaults = dict(lr=lr, momentum=momentum, nesterov=nesterov, ns_steps=ns_steps, betas=tuple(adamw_betas),
-                        eps=eps, weight_decay=weight_decay, use_muon=False)
+    def __init__(
+        self,
+        groups: list[dict],
+        lr: float,
+        momentum: float,
+        nesterov: bool,
+        ns_steps: int,
+        adamw_lr: float,
+        adamw_betas: tuple[float, float],
+        eps: float,
+        weight_decay: float,
+        roles: dict[torch.Tensor, Role] | None = None,
+    ):
+        defaults = dict(
+            lr=lr,
+            momentum=momentum,
+            nesterov=nesterov,
+            ns_steps=ns_steps,
+            betas=tuple(adamw_betas),
+            eps=eps,
+            weight_decay=weight_decay,
+            use_muon=False,
+        )
         for group in groups:
             if not group.get("use_muon"):
                 group.setdefault("lr", adamw_lr)
@@ -163,8 +183,13 @@ def muon(
         param = model.get_parameter(name)
         roles[param] = role
         (hidden if role in MUON_ROLES else other).append(param)
-    groups = [{"params": hidden, "use_muon": True}, {"params": other, "use_muon": False, "weight_decay": 0.0}]
-    return Muon(groups, lr, momentum, nesterov, ns_steps, adamw_lr, adamw_betas, eps, weight_decay, roles)
+    groups = [
+        {"params": hidden, "use_muon": True},
+        {"params": other, "use_muon": False, "weight_decay": 0.0},
+    ]
+    return Muon(
+        groups, lr, momentum, nesterov, ns_steps, adamw_lr, adamw_betas, eps, weight_decay, roles
+    )
 
 
 def warmup_length(total_steps: int, warmup_steps: int | None, warmup_fraction: float) -> int:
@@ -211,7 +236,9 @@ def constant(
 ) -> LambdaLR:
     """Linear warmup, then the peak rate until the end."""
     warmup_steps = warmup_length(total_steps, warmup_steps, warmup_fraction)
-    return LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0)
+    return LambdaLR(
+        optimizer, lambda step: min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0
+    )
 
 
 @ranged_args(**SCHEDULE_RANGES, decay_fraction="[0, 1]", min_lr_ratio="[0, 1]")

@@ -89,11 +89,30 @@ def choose_threads(requested: int = 0, environ: dict[str, str] | None = None) ->
     return free, f"{free} of {usable} cores free of other work"
 
 
-def set_cpu_threads(requested: int = 0) -> int:
-    """Choose (choose_threads) and apply the intra-op thread count; logs the choice."""
+def set_cpu_threads(requested: int = 0, option: str = "trainer.threads") -> int:
+    """Choose (choose_threads) and apply the intra-op thread count; logs the choice.
+
+    `option` is the setting's name in the command that asked, for the log line and errors;
+    ConfigError for a negative `requested`."""
     import torch
 
+    from gpt_oss.model.config import ConfigError
+
+    if isinstance(requested, bool) or not isinstance(requested, int) or requested < 0:
+        raise ConfigError(
+            f"{option}={requested!r} is invalid: 0 (the cores free of other work) or a thread count"
+        )
     threads, why = choose_threads(requested)
+    if why == "trainer.threads":
+        why = option
     torch.set_num_threads(threads)
-    log.info("CPU threads: %d (%s; trainer.threads=N sets it)", threads, why)
+    log.info("CPU threads: %d (%s; %s=N sets it)", threads, why, option)
     return threads
+
+
+def set_device_threads(device, requested: int = 0, option: str = "trainer.threads") -> int | None:
+    """set_cpu_threads when `device` is the CPU (a GPU run's host threads are left alone);
+    the thread count applied, or None."""
+    if getattr(device, "type", str(device)) != "cpu":
+        return None
+    return set_cpu_threads(requested, option)

@@ -111,8 +111,13 @@ class LoggerGroup(NullLogger):
                 key = (name, method)
                 self.failures[key] = self.failures.get(key, 0) + 1
                 if self.failures[key] == 1:
-                    log.warning("logger %s: %s failed (%s: %s); training goes on",
-                                name, method, type(error).__name__, error)
+                    log.warning(
+                        "logger %s: %s failed (%s: %s); training goes on",
+                        name,
+                        method,
+                        type(error).__name__,
+                        error,
+                    )
 
     def start(self, run_dir: Path, config: dict, run_id: str | None = None, step: int = 0) -> None:
         self._each("start", run_dir, config, run_id=run_id, step=step)
@@ -151,7 +156,9 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def short_run_name(overrides: list[str], keys: set[str] | None = None, max_chars: int = 64) -> str | None:
+def short_run_name(
+    overrides: list[str], keys: set[str] | None = None, max_chars: int = 64
+) -> str | None:
     """A run name a person reads: `model.num_experts=8` -> `num_experts=8`.
 
     overrides: Hydra overrides (`key=value`, `+key=value`); keys: the keys to name the run by

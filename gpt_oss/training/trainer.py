@@ -38,6 +38,7 @@ from gpt_oss.training.checkpoint import (
     schedule_change,
 )
 from gpt_oss.training.checkpoint_sharded import load_sharded, read_trainer_state, save_sharded
+from gpt_oss.training.cpu_preview import CpuPreview, Heartbeat, first_step_report, preview_cpu_run
 from gpt_oss.training.debugging import RepeatedBatches, StepProfiler
 from gpt_oss.training.distributed import (
     PARALLEL_MODES,
@@ -54,7 +55,7 @@ from gpt_oss.training.distributed import (
 )
 from gpt_oss.training.metrics import bits_per_byte, flops_per_token, peak_flops
 from gpt_oss.training.retention import CHECKPOINT_BEST, keep_snapshot, link_checkpoint
-from gpt_oss.training.runtime import keep_freed_memory
+from gpt_oss.training.runtime import keep_freed_memory, set_device_threads
 from gpt_oss.training.signals import StopRequest, exit_status
 from gpt_oss.training.tracking import MetricsFile, NullLogger, read_metrics
 from gpt_oss.validation import check_fields, ranged
@@ -75,7 +76,9 @@ class TrainerConfig:
     grad_accum: int = ranged(1, "[1, inf)")
     seq_len: int = ranged(512, "[1, inf)")
     eval_every: int = ranged(200, "[1, inf)")
-    eval_batches: int = ranged(20, "[1, inf)")  # validation windows per evaluation, in micro-batches
+    eval_batches: int = ranged(
+        20, "[1, inf)"
+    )  # validation windows per evaluation, in micro-batches
     checkpoint_every: int = ranged(500, "[1, inf)")
     # Disk: snapshots every checkpoint_every steps kept (last.pt is the newest; older ones are
     # checkpoints/step_N.pt hard links; 0 = none, no resume); best.pt as "weights" (model only:
@@ -105,6 +108,8 @@ class TrainerConfig:
     # first N steps with torch.profiler into <run dir>/profile/ (0 = off)
     overfit_batches: int = ranged(0, "[0, inf)")
     profile_steps: int = ranged(0, "[0, inf)")
+    # CPU runs: intra-op threads; 0 = the cores free of other work (training/runtime.py)
+    threads: int = ranged(0, "[0, inf)")
 
     def validate(self, world_size: int = 1) -> None:
         """Raise ConfigError naming the first impossible field: its declared range, then the
@@ -121,7 +126,8 @@ class TrainerConfig:
             )
         if self.checkpoint_best not in CHECKPOINT_BEST:
             raise ConfigError(
-                f"trainer.checkpoint_best={self.checkpoint_best!r} is invalid: valid are {CHECKPOINT_BEST}"
+                f"trainer.checkpoint_best={self.checkpoint_best!r} is invalid: "
+                f"valid are {CHECKPOINT_BEST}"
             )
         if self.nan_policy not in NAN_POLICIES:
             raise ConfigError(
@@ -231,6 +237,7 @@ class Trainer:
         self.config = config
         self.run_dir = Path(run_dir)
         self.device = training_device(config, self.world)
+        self.threads = set_device_threads(self.device, config.threads)  # CPU only; before any work
         precision = resolve_precision(config.precision, self.device, "trainer.precision")
         self.dtype = autocast_dtype(precision)  # None: float32, no autocast
         self.model = place_model(model, self.device, config.parallel)
@@ -261,6 +268,7 @@ class Trainer:
         self.counts_since_eval: torch.Tensor | None = None  # (layers, experts), for the loggers
         self.flops_per_token = flops_per_token(model.config, config.seq_len)
         self.peak = None
+        self.eval_seconds = 0.0  # wall time spent in validation (its share goes in the summary)
         self.resumed_from: Path | None = None  # the checkpoint restored, once resume() ran
         self._started, self._run_id = False, None
 
@@ -271,6 +279,7 @@ class Trainer:
         self.logger.start(self.run_dir, self.run_config, run_id=self._run_id, step=self.step)
         if self.world.is_main:  # for MFU; on a CPU a timed matmul: before the clock starts
             self.peak = peak_flops(self.device, self.dtype or torch.float32) * self.world.size
+        preview = self._preview()
         started, last_log = time.perf_counter(), (time.perf_counter(), self.step)
         bar = tqdm(
             total=self.config.max_steps,
@@ -285,7 +294,12 @@ class Trainer:
         profiler = StepProfiler(profile_steps, self.run_dir / "profile", self.device)
         with StopRequest() as stop:  # SIGTERM, SIGINT, SIGUSR1: end after a whole step
             while self.step < self.config.max_steps:
-                stats = self.train_step()
+                if preview is not None:  # a sign of life while the (maybe minutes-long) step 1 runs
+                    with Heartbeat(first_step_report(bar, preview.step_s)):
+                        stats = self.train_step()
+                    preview = None
+                else:
+                    stats = self.train_step()
                 self._note_expert_counts(stats.expert_counts)
                 profiler.step()
                 self.step += 1
@@ -313,7 +327,9 @@ class Trainer:
         save = (self.step % cfg.checkpoint_every == 0 or final) and cfg.checkpoint_keep > 0
         improved = False
         if evaluate:
+            began = time.perf_counter()
             val = self.evaluate()
+            self.eval_seconds += time.perf_counter() - began
             if val["loss"] < self.best_val:
                 self.best_val, improved = val["loss"], True
         if save:
@@ -324,6 +340,32 @@ class Trainer:
         if improved:
             self.save_best(same_step_as_last=save)
         return evaluate or save
+
+    def _preview(self) -> CpuPreview | None:
+        """A one-process CPU run: log the estimated step time, total time and peak memory."""
+        if self.device.type != "cpu" or self.world.size > 1 or self.step >= self.config.max_steps:
+            return None
+        steps = self.config.max_steps - self.step
+        return preview_cpu_run(
+            self.model.config,
+            self.config.batch_size,
+            self.config.seq_len,
+            steps,
+            self.dtype,
+            self._one_random_sequence,
+            self.threads,
+        )
+
+    def _one_random_sequence(self) -> None:
+        """Forward and backward of one sequence of random tokens, as a step runs them; the
+        gradients are dropped and the global RNG is not used (resuming stays exact)."""
+        generator = torch.Generator().manual_seed(0)
+        shape = (1, self.config.seq_len)
+        tokens = torch.randint(0, self.model.config.vocab_size, shape, generator=generator)
+        with self._autocast():
+            out = self.loss_fn(tokens.to(self.device), tokens.roll(-1, 1).to(self.device))
+        out.loss.backward()
+        self.optimizer.zero_grad(set_to_none=True)
 
     def save_best(self, same_step_as_last: bool) -> None:
         """checkpoints/best as trainer.checkpoint_best says: weights only, the full state (a
@@ -414,7 +456,9 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
-        if self.device.type == "cpu":  # once the optimizer state exists: see gpt_oss/training/runtime.py
+        if (
+            self.device.type == "cpu"
+        ):  # once the optimizer state exists: see gpt_oss/training/runtime.py
             keep_freed_memory()
         self.schedule.step()
         self.model.update_selection_bias(counts)
@@ -583,7 +627,9 @@ class Trainer:
             sharded = self.config.parallel != "none"
             path = resolve_resume(self.config.resume, self.run_dir, sharded)
             if path is None:
-                log.info("trainer.resume=auto: no checkpoint in %s yet, starting fresh", self.run_dir)
+                log.info(
+                    "trainer.resume=auto: no checkpoint in %s yet, starting fresh", self.run_dir
+                )
             else:
                 self.restore(path)
         return self.resumed_from
@@ -646,6 +692,7 @@ class Trainer:
             "steps": self.step,
             "tokens_seen": self.tokens_seen,
             "seconds": seconds,
+            "eval_seconds": self.eval_seconds,  # validation's part of `seconds`
             "best_val_loss": min((r["loss"] for r in val), default=math.nan),
             "best_val_bpb": min((r["bpb"] for r in val), default=math.nan),
             "final_val_loss": val[-1]["loss"] if val else math.nan,
@@ -699,11 +746,17 @@ def format_summary(summary: dict[str, Any]) -> str:
             "=" * 64,
             f"  {done}, {summary['tokens_seen']:,} tokens in {minutes:.1f} min"
             f" ({summary['tokens_per_s']:,.0f} tokens/s at the end)",
-            f"  best val loss {summary['best_val_loss']:.4f}, final val loss {summary['final_val_loss']:.4f}"
-            f" ({summary['final_val_bpb']:.4f} bits/byte); final train loss {summary['final_train_loss']:.4f}",
+            f"  best val loss {summary['best_val_loss']:.4f}, "
+            f"final val loss {summary['final_val_loss']:.4f}"
+            f" ({summary['final_val_bpb']:.4f} bits/byte); "
+            f"final train loss {summary['final_train_loss']:.4f}",
+            f"  validation: {summary.get('eval_seconds', 0.0):.0f} s of the run's "
+            f"{summary['seconds']:.0f} s "
+            f"({100 * summary.get('eval_seconds', 0.0) / max(summary['seconds'], 1e-9):.0f}%)",
             f"  skipped steps: {summary['skipped_steps']}",
             f"  run dir:     {summary['run_dir']}",
-            f"  checkpoints: {summary['checkpoints']}/{{last,best}}{'/' if summary.get('sharded_checkpoints') else '.pt'}",
+            f"  checkpoints: {summary['checkpoints']}/{{last,best}}"
+            f"{'/' if summary.get('sharded_checkpoints') else '.pt'}",
             f"  loss plot:   {summary['plot']}",
             "=" * 64,
         ]

@@ -26,8 +26,13 @@ from gpt_oss.validation import ranged_args
 log = logging.getLogger(__name__)
 
 MODES = ("auto", "online", "offline", "disabled")
-ENV_MODES = {"online": "online", "offline": "offline", "disabled": "disabled",
-             "dryrun": "offline", "run": "online"}  # WANDB_MODE's values, as wandb reads them
+ENV_MODES = {
+    "online": "online",
+    "offline": "offline",
+    "disabled": "disabled",
+    "dryrun": "offline",
+    "run": "online",
+}  # WANDB_MODE's values, as wandb reads them
 MINIMISED = ("val/loss", "val/bpb", "val/perplexity", "train/loss")  # best = min in the summary
 CONSOLES = ("auto", "off", "wrap", "redirect", "wrap_raw", "wrap_emu")  # W&B's console setting
 
@@ -108,16 +113,29 @@ class WandbLogger(NullLogger):
     the console (stdout/stderr) and the git commit and dirty flag go with the run.
     """
 
-    def __init__(self, project: str = "gpt-oss-lab", entity: str | None = None, mode: str = "auto",
-                 group: str | None = None, name: str | None = None, tags: list[str] | None = None,
-                 job_type: str = "train", init_timeout: float = 30.0, probe_timeout: float = 3.0,
-                 console: str = "auto", log_checkpoints: bool = False, checkpoint_keep: int = 2):
+    def __init__(
+        self,
+        project: str = "gpt-oss-lab",
+        entity: str | None = None,
+        mode: str = "auto",
+        group: str | None = None,
+        name: str | None = None,
+        tags: list[str] | None = None,
+        job_type: str = "train",
+        init_timeout: float = 30.0,
+        probe_timeout: float = 3.0,
+        console: str = "auto",
+        log_checkpoints: bool = False,
+        checkpoint_keep: int = 2,
+    ):
         if mode not in MODES:
             raise ConfigError(f"logger.wandb.mode={mode!r} is invalid: valid are {MODES}")
         if console not in CONSOLES:
             raise ConfigError(f"logger.wandb.console={console!r} is invalid: valid are {CONSOLES}")
         if checkpoint_keep < 1:
-            raise ConfigError(f"logger.wandb.checkpoint_keep={checkpoint_keep} is invalid: must be >= 1")
+            raise ConfigError(
+                f"logger.wandb.checkpoint_keep={checkpoint_keep} is invalid: must be >= 1"
+            )
         self.project, self.entity, self.mode = project, entity, mode
         self.group, self.name, self.tags, self.job_type = group, name, list(tags or []), job_type
         self.init_timeout, self.probe_timeout, self.console = init_timeout, probe_timeout, console
@@ -158,12 +176,24 @@ class WandbLogger(NullLogger):
 
         provenance = config.get("provenance") or {}
         tags = self.tags + (["git-dirty"] if provenance.get("git_dirty") else [])
-        settings = wandb.Settings(init_timeout=self.init_timeout, console=self.console,
-                                  git_commit=provenance.get("git_commit"))
+        settings = wandb.Settings(
+            init_timeout=self.init_timeout,
+            console=self.console,
+            git_commit=provenance.get("git_commit"),
+        )
         return wandb.init(
-            project=self.project, entity=self.entity, group=self.group, name=self.name,
-            tags=tags, job_type=self.job_type, config=flatten(config), dir=str(run_dir),
-            id=run_id, resume="allow" if run_id else None, mode=mode, settings=settings,
+            project=self.project,
+            entity=self.entity,
+            group=self.group,
+            name=self.name,
+            tags=tags,
+            job_type=self.job_type,
+            config=flatten(config),
+            dir=str(run_dir),
+            id=run_id,
+            resume="allow" if run_id else None,
+            mode=mode,
+            settings=settings,
         )
 
     def _fall_back_offline(self, run_dir: Path, config: dict, run_id: str | None) -> None:
@@ -178,7 +208,9 @@ class WandbLogger(NullLogger):
         """Warn once per kind of call; the run stays open (a failed log must not lose the rest)."""
         if what not in self._failed:
             self._failed.add(what)
-            log.warning("W&B %s failed (%s: %s); training goes on", what, type(error).__name__, error)
+            log.warning(
+                "W&B %s failed (%s: %s); training goes on", what, type(error).__name__, error
+            )
 
     def log(self, metrics: dict[str, Any], step: int) -> None:
         if self.run is None:
@@ -211,7 +243,9 @@ class WandbLogger(NullLogger):
             from gpt_oss.studies.plots import expert_load_figure
 
             columns = ["layer"] + [f"expert{e}" for e in range(len(load[0]))]
-            table = wandb.Table(columns=columns, data=[[layer, *row] for layer, row in enumerate(load)])
+            table = wandb.Table(
+                columns=columns, data=[[layer, *row] for layer, row in enumerate(load)]
+            )
             fig = expert_load_figure(load, title=f"expert load at step {step}")
             image = wandb.Image(fig)
             plt.close(fig)
@@ -233,9 +267,13 @@ class WandbLogger(NullLogger):
             self._log_pending_checkpoint()
             import wandb
 
-            artifact = wandb.Artifact(f"checkpoint-{self.run.id}", type="model", metadata={"step": step})
+            artifact = wandb.Artifact(
+                f"checkpoint-{self.run.id}", type="model", metadata={"step": step}
+            )
             path = Path(path)
-            artifact.add_dir(str(path)) if path.is_dir() else artifact.add_file(str(path), name="model.pt")
+            artifact.add_dir(str(path)) if path.is_dir() else artifact.add_file(
+                str(path), name="model.pt"
+            )
             self._pending = (artifact, [name], step)
         except Exception as error:
             self._warn("log_checkpoint", error)
@@ -295,5 +333,10 @@ class WandbLogger(NullLogger):
             self._warn("finish", error)
             return
         if offline:
-            log.info("W&B offline run: %s (read it with `wandb leet %s`, upload it with "
-                     "`wandb sync %s`)", run.dir, Path(run.dir).parent, Path(run.dir).parent)
+            log.info(
+                "W&B offline run: %s (read it with `wandb leet %s`, upload it with "
+                "`wandb sync %s`)",
+                run.dir,
+                Path(run.dir).parent,
+                Path(run.dir).parent,
+            )

@@ -69,9 +69,7 @@ def weights_config(path: str | Path) -> ModelConfig:
 
     path = _existing(path)
     if sharded := _sharded(path):
-        return ModelConfig.from_dict(
-            read_trainer_state(sharded, verify=False)["model_config"]
-        )
+        return ModelConfig.from_dict(read_trainer_state(sharded, verify=False)["model_config"])
     if _is_hf_dir(path):
         return config_from_hf(json.loads((path / "config.json").read_text()))
     payload = read_checkpoint(_checkpoint_file(path), verify=False)  # memory-mapped: no copy
@@ -155,7 +153,8 @@ def _check_shapes(config: ModelConfig, theirs: ModelConfig, source: str) -> None
     with torch.device("meta"):
         ours_state, theirs_state = GptOss(config).state_dict(), GptOss(theirs).state_dict()
     problems = [
-        f"{name}: {tuple(ours_state[name].shape)} in this model, {tuple(theirs_state[name].shape)} there"
+        f"{name}: {tuple(ours_state[name].shape)} in this model, "
+        f"{tuple(theirs_state[name].shape)} there"
         for name in ours_state
         if name in theirs_state and ours_state[name].shape != theirs_state[name].shape
     ]
