@@ -127,6 +127,8 @@ def check_command_line(args: Sequence[str], schema: type, conf_dir: Path = CONF_
     open groups that some option of the group has, and runs with a config dir of the user's own
     are left to Hydra. Raises ConfigError."""
     parsed = get_args_parser().parse_args(list(args))
+    if parsed.shell_completion:  # -sc install=bash: completion commands, not overrides
+        return
     own_groups = parsed.config_dir is None and parsed.config_path is None
     for override in OverridesParser.create().parse_overrides(parsed.overrides):
         key = override.key_or_group

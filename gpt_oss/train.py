@@ -177,7 +177,7 @@ def check_resume(cfg: DictConfig, parts: dict[str, Any], run_dir: Path) -> dict[
     )
     val = [r for r in read_metrics(path.parent.parent / "metrics.jsonl") if r.get("split") == "val"]
     return {"steps": payload["step"], "already_finished": True, "checkpoint": str(path),
-            "best_val_loss": payload["best_val"],
+            "stopped_by": None, "best_val_loss": payload["best_val"],
             "best_val_bpb": min((r["bpb"] for r in val), default=math.nan)}  # fmt: skip
 
 
@@ -397,13 +397,25 @@ def _with_override(node: dict[str, Any], key: str, value: Any) -> dict[str, Any]
     return OmegaConf.to_container(config)
 
 
+# Settings a group may leave to the run, which records what it decided in its config.yaml: a
+# resume that names the same group compares the decision with the run's own, not with "auto".
+RESOLVED_BY_THE_RUN = {
+    "model.vocab_size": (None,),  # follows the data's vocabulary
+    "data.vocabulary": ("auto",),  # compact or full, by the model's vocab_size
+    "data.vocab_size": (None,),  # every id the training split uses
+}
+
+
 def _check_group_choice(
     choice: str, node: DictConfig, saved: dict[str, Any], given: list[str]
 ) -> None:
-    """ConfigError when the group chosen now differs from the run's in a field not set now."""
+    """ConfigError when the group chosen now differs from the run's in a field not set now.
+    A field the run resolves from its data (RESOLVED_BY_THE_RUN) matches what it resolved to."""
     group = choice.split("=", 1)[0]
     for key, value in OmegaConf.to_container(node, resolve=True).items():
         name = f"{group}.{key}"
+        if value in RESOLVED_BY_THE_RUN.get(name, ()):
+            continue  # the group says "decide from the data"; the run's config holds the decision
         if name not in given and name not in LAUNCH_FIELDS and saved.get(key, value) != value:
             raise ConfigError(
                 f"{choice} on a resume would change {group}.{key} from {saved[key]!r} to "

@@ -119,6 +119,13 @@ def test_experiment_typed_with_plus_is_named_on_the_command_line_with_the_right_
         schema.check_command_line(["+experiment=nonexistent"], schema.RunConfig)
 
 
+@pytest.mark.parametrize("command", ["install=bash", "query=bash", "uninstall=bash"])
+def test_shell_completion_commands_are_not_checked_as_overrides(command):
+    schema.check_command_line(["-sc", command], schema.RunConfig)  # Hydra's, not our keys
+    with pytest.raises(ConfigError, match=command.split("=")[0]):
+        schema.check_command_line([command], schema.RunConfig)  # the same text as an override
+
+
 @pytest.mark.parametrize("override", ["+experimnt=expert_count", "+trainer_steps=5", "+lr=0.1"])
 def test_an_unknown_root_key_added_with_plus_fails_instead_of_training_the_default(override):
     key = override[1:].split("=")[0]

@@ -181,5 +181,5 @@ def test_a_user_config_dir_adds_options_that_extend_ours(venv, elsewhere):
     (user / "experiments" / "my_study.yaml").write_text("# @package _global_\nname: my_study\n")
     done = check(command(venv, elsewhere, "gpt-oss-train", "--config-dir", str(user),
                          "model=tiny_wide", "+experiments=my_study", "--cfg", "job"))  # fmt: skip
-    assert "hidden_size: 96" in done.stdout and "vocab_size: 201088" in done.stdout  # tiny's
+    assert "hidden_size: 96" in done.stdout and "intermediate_size: 64" in done.stdout  # tiny's
     assert "num_hidden_layers: 2" in done.stdout and "name: my_study" in done.stdout
