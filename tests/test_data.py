@@ -31,7 +31,8 @@ from gpt_oss.data.synthetic import (
     generate_stories,
     generate_story,
 )
-from gpt_oss.data.tokens import TokenFile, encode_documents, sha256_file
+from gpt_oss.data.tokens import TokenFile, encode_documents
+from gpt_oss.files import sha256_file
 from gpt_oss.model.tokenizer import ENDOFTEXT, ENDOFTEXT_ID, get_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -690,7 +691,7 @@ def test_the_command_prepares_and_prints_a_summary(tmp_path):
         "data.synthetic_val_stories=20", f"data.cache_dir={tmp_path / 'cache'}",
         f"hydra.run.dir={tmp_path / 'run'}",
     ]  # fmt: skip
-    result = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=tmp_path,
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path,
                             env=os.environ | {"TQDM_DISABLE": "1"})  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert "200 docs" in result.stdout and f"location:  {tmp_path / 'cache'}" in result.stdout
