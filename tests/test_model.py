@@ -422,6 +422,21 @@ def test_tie_embeddings_shares_one_table(make_model):
     assert grad is not None and (grad[ids[0, :-1]].abs().sum(-1) > 0).all()
 
 
+def test_hidden_dropout_acts_only_while_training(make_model):
+    plain, dropped = make_model(), make_model(hidden_dropout=0.3)  # same seed: same weights
+    ids = random_ids(2, 10)
+    with torch.no_grad():
+        torch.testing.assert_close(dropped(ids), plain(ids))  # eval mode: dropout is identity
+        dropped.train()
+        torch.manual_seed(1)
+        first = dropped(ids)
+        assert not torch.allclose(first, plain(ids), atol=1e-3)  # embeddings and both branches
+        torch.manual_seed(1)
+        torch.testing.assert_close(dropped(ids), first)  # the global RNG decides the masks
+        dropped.eval()
+        torch.testing.assert_close(dropped(ids), plain(ids))
+
+
 def test_scale_embeddings_multiplies_embeddings_by_sqrt_hidden_size(make_model):
     scaled, reference = make_model(scale_embeddings=True), make_model()
     with torch.no_grad():

@@ -152,12 +152,13 @@ class Block(nn.Module):
         self.self_attn = Attention(config, layer_index)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = MoE(config)
+        self.dropout = nn.Dropout(config.hidden_dropout)  # identity in eval mode
 
     def forward(self, x: torch.Tensor, step: Step) -> tuple[torch.Tensor, Routing]:
         """x (B, T, H) -> (B, T, H), and the MoE's routing of the B*T tokens."""
-        x = x + self.self_attn(self.input_layernorm(x), step)
+        x = x + self.dropout(self.self_attn(self.input_layernorm(x), step))
         moe_out, routing = self.mlp(self.post_attention_layernorm(x))
-        return x + moe_out, routing
+        return x + self.dropout(moe_out), routing
 
 
 class GptOss(nn.Module):
@@ -175,6 +176,7 @@ class GptOss(nn.Module):
         config.require_vocab_size()
         self.config = config
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.embed_dropout = nn.Dropout(config.hidden_dropout)  # identity in eval mode
         self.layers = nn.ModuleList(Block(config, i) for i in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
@@ -218,6 +220,7 @@ class GptOss(nn.Module):
         x = self.embed_tokens(input_ids)  # (B, T, H)
         if config.scale_embeddings:
             x = x * math.sqrt(config.hidden_size)
+        x = self.embed_dropout(x)
         cos, sin = self.rotary(rope_positions(query_index, key_valid), x.dtype)
         backward = torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters())
         plain = cache is None and key_valid is None
