@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import codecs
 import errno
+import hashlib
 import os
 import re
 import shutil
@@ -78,6 +79,15 @@ def remove_stale_temporaries(directory: str | Path) -> list[Path]:
                 path.unlink(missing_ok=True)
             removed.append(path)
     return removed
+
+
+def sha256_file(path: str | Path, block_bytes: int = 16 * 1024**2) -> str:
+    """sha256 (hex) of a file, read in blocks so memory stays flat for multi-GB files."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(block_bytes):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def format_bytes(num_bytes: float) -> str:

@@ -3,6 +3,7 @@ the offline fallback. Every cache lives under tmp_path, never the repository's d
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -30,7 +31,8 @@ from gpt_oss.data.synthetic import (
     generate_stories,
     generate_story,
 )
-from gpt_oss.data.tokens import TokenFile, encode_documents, sha256_file
+from gpt_oss.data.tokens import TokenFile, encode_documents
+from gpt_oss.files import sha256_file
 from gpt_oss.model.tokenizer import ENDOFTEXT, ENDOFTEXT_ID, get_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -200,6 +202,38 @@ def test_a_second_prepare_reuses_the_files(tmp_path, stories):
     assert second.train.metadata == first.train.metadata
 
 
+def test_max_train_documents_keeps_the_first_train_documents_and_the_same_held_out_ones(
+    tmp_path, stories
+):
+    path = write_jsonl(tmp_path / "t.jsonl", stories[:100])
+    whole = prepare(files_config(tmp_path, [path], val_fraction=0.1), progress=False)
+    capped = prepare(
+        files_config(tmp_path, [path], val_fraction=0.1, max_train_documents=30), progress=False
+    )
+    assert decoded_documents(capped.train) == stories[:30]
+    # held out before the cap: the validation text is the same, and never trained on
+    assert decoded_documents(capped.val) == decoded_documents(whole.val) == stories[90:100]
+    assert capped.fingerprint != whole.fingerprint and capped.prepared_splits == ("train", "val")
+    assert "first 30 train documents" in capped.description
+    assert capped.train.metadata["source_identity"]["max_train_documents"] == 30
+    assert "max_train_documents" not in whole.train.metadata["source_identity"], (
+        "uncapped fingerprints stay as they were, so existing caches remain valid"
+    )
+
+
+def test_max_train_documents_with_val_files_and_above_the_corpus_size(tmp_path, stories):
+    train = write_jsonl(tmp_path / "train.jsonl", stories[:40])
+    val = write_jsonl(tmp_path / "val.jsonl", stories[40:50])
+    fingerprints = set()
+    for cap, expected in ((25, stories[:25]), (26, stories[:26]), (1000, stories[:40])):
+        config = files_config(tmp_path, [train], [val], max_train_documents=cap)
+        prepared = prepare(config, progress=False)
+        assert decoded_documents(prepared.train) == expected, cap
+        assert decoded_documents(prepared.val) == stories[40:50], cap
+        fingerprints.add(prepared.fingerprint)
+    assert len(fingerprints) == 3, "each cap is its own cache, never another cap's"
+
+
 def test_a_changed_input_file_prepares_again(tmp_path, stories):
     path = write_jsonl(tmp_path / "t.jsonl", stories[:40])
     first = prepare(files_config(tmp_path, [path]), progress=False)
@@ -307,6 +341,7 @@ def test_a_corpus_of_empty_texts_is_an_error(tmp_path):
         ("offline_fallback", "ignore"),
         ("verify_checksum", "sometimes"),
         ("num_proc", -1),
+        ("max_train_documents", 0),
     ],
 )
 def test_invalid_config_values_are_named(field, value):
@@ -347,6 +382,13 @@ def test_synthetic_stories_are_varied_and_keep_their_cast():
         )
         if name in GIRL_NAMES + BOY_NAMES:
             assert story.count(name) >= 3, story
+
+
+def test_max_train_documents_caps_the_synthetic_corpus_too(tmp_path):
+    capped = prepare(synthetic_config(tmp_path, max_train_documents=120), progress=False)
+    assert capped.train.num_documents == 120 and capped.val.num_documents == 40
+    same = prepare(synthetic_config(tmp_path, synthetic_train_stories=120), progress=False)
+    assert same.prepared_splits == () and same.fingerprint == capped.fingerprint
 
 
 def test_synthetic_source_prepares_with_separate_train_and_val(tmp_path):
@@ -441,6 +483,96 @@ def test_prepared_hub_files_need_neither_network_nor_hf_cache(tmp_path, offline,
     offline.mkdir()
     again = prepare(hub_config(tmp_path, offline, offline_fallback="error"), progress=False)
     assert again.prepared_splits == () and again.fingerprint == first.fingerprint
+
+
+def test_a_capped_copy_in_the_hf_cache_gives_its_first_train_documents(tmp_path, offline, stories):
+    fill_hf_cache(
+        offline,
+        write_jsonl(tmp_path / "train.jsonl", stories[:40]),
+        write_jsonl(tmp_path / "validation.jsonl", stories[40:50]),
+    )
+    config = hub_config(tmp_path, offline, offline_fallback="error", max_train_documents=15)
+    capped = prepare(config, progress=False)
+    assert decoded_documents(capped.train) == stories[:15]
+    assert decoded_documents(capped.val) == stories[40:50]
+    assert "first 15 train documents" in capped.description
+    whole = prepare(hub_config(tmp_path, offline, offline_fallback="error"), progress=False)
+    assert whole.train.num_documents == 40 and whole.fingerprint != capped.fingerprint
+
+
+@pytest.fixture
+def reachable_hub(monkeypatch) -> dict:
+    """A reachable 'hub' that is not in the HF cache, serving what the test puts in
+    hub["files"] ({split: local .jsonl}) through datasets' json builder, so no network is needed.
+    hub["loads"] records (path, streaming) of each load; hub["rows"] each split's streamed rows."""
+    import datasets
+
+    from gpt_oss.data import hub
+
+    real_load_dataset = datasets.load_dataset
+    served = {"files": {}, "loads": [], "rows": {}}
+
+    def load_dataset(path, name=None, cache_dir=None, streaming=False):
+        served["loads"].append((path, streaming))
+        if not streaming:  # what an empty HF cache answers; a whole download would come next
+            raise FileNotFoundError(f"{path} is not in the cache")
+        streams = real_load_dataset("json", data_files=served["files"], streaming=True)
+        for split, stream in streams.items():  # count the rows each split's stream yields
+            read = served["rows"].setdefault(split, [])
+            streams[split] = stream.map(lambda row, read=read: read.append(row) or row)
+        return streams
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    monkeypatch.setattr(hub, "hub_unreachable_reason", lambda: None)
+    return served
+
+
+def test_a_capped_hub_load_streams_only_the_first_train_documents(
+    tmp_path, offline, stories, reachable_hub, caplog
+):
+    """Not in the HF cache, hub reachable: the train split is streamed and cut, never loaded
+    whole."""
+    reachable_hub["files"] = {
+        "train": str(write_jsonl(tmp_path / "train.jsonl", stories[:200])),
+        "validation": str(write_jsonl(tmp_path / "validation.jsonl", stories[200:220])),
+    }
+    caplog.set_level("INFO", logger="gpt_oss.data.hub")
+    config = hub_config(tmp_path, offline, offline_fallback="error", max_train_documents=30)
+    prepared = prepare(config, progress=False)
+    hub_path = "roneneldan/TinyStories"
+    assert reachable_hub["loads"] == [(hub_path, False), (hub_path, True)]
+    assert prepared.source == "hub" and prepared.fallback is None
+    assert decoded_documents(prepared.train) == stories[:30]
+    assert decoded_documents(prepared.val) == stories[200:220], "validation is taken whole"
+    # the train stream stops at the cap (datasets may look a row ahead), far before its 200 rows
+    rows = reachable_hub["rows"]
+    assert 30 <= len(rows["train"]) < 40 and len(rows["validation"]) == 20
+    assert f"streaming the first 30 train documents of {hub_path}" in caplog.text
+    # the slice is cached as its own source: the next run needs no stream at all
+    reachable_hub["loads"].clear()
+    assert prepare(config, progress=False).prepared_splits == () and not reachable_hub["loads"]
+
+
+def test_a_streamed_split_without_the_text_field_is_named(
+    tmp_path, offline, stories, reachable_hub
+):
+    reachable_hub["files"] = {
+        "train": str(write_jsonl(tmp_path / "train.jsonl", stories[:20], field="story")),
+        "validation": str(write_jsonl(tmp_path / "validation.jsonl", stories[20:25])),
+    }
+    config = hub_config(tmp_path, offline, offline_fallback="error", max_train_documents=10)
+    with pytest.raises(
+        DataError, match=r"'train'\] row 0: no text field 'text'.*\['story', 'id'\]"
+    ):
+        prepare(config, progress=False)
+    with pytest.raises(DataError, match=r"no split 'valid' \(data.val_split\); it has \['train'"):
+        prepare(dataclasses.replace(config, val_split="valid"), progress=False)
+
+
+def test_an_offline_fallback_keeps_the_train_cap(tmp_path, offline, caplog):
+    prepared = prepare(hub_config(tmp_path, offline, max_train_documents=50), progress=False)
+    assert prepared.source == "synthetic" and prepared.train.num_documents == 50
+    assert "(50 train / 20 val stories" in caplog.text
 
 
 def test_the_probe_reports_an_unreachable_endpoint_quickly(monkeypatch):
@@ -559,7 +691,7 @@ def test_the_command_prepares_and_prints_a_summary(tmp_path):
         "data.synthetic_val_stories=20", f"data.cache_dir={tmp_path / 'cache'}",
         f"hydra.run.dir={tmp_path / 'run'}",
     ]  # fmt: skip
-    result = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=tmp_path,
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path,
                             env=os.environ | {"TQDM_DISABLE": "1"})  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert "200 docs" in result.stdout and f"location:  {tmp_path / 'cache'}" in result.stdout

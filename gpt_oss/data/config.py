@@ -38,6 +38,11 @@ class DataConfig:
     val_files: list[str] = field(default_factory=list)
     # With no val_files, the LAST val_fraction of the train documents (at least one) is held out.
     val_fraction: float = ranged(0.01, "[0, 1)")
+    # At most this many training documents (rows, in the source's order); None = all. hub: only
+    # the first ones are streamed when the dataset is not in the local cache; files: the first
+    # ones left after the val_fraction hold-out (which stays the same whatever the cap);
+    # synthetic (and the hub's offline fallback): min(synthetic_train_stories, this).
+    max_train_documents: int | None = ranged(None, "[1, inf)")
     # .txt only: None = one document per line; else documents are split on this string
     # ("<|endoftext|>", "\n\n", ...) and stripped of surrounding whitespace.
     separator: str | None = None
@@ -67,6 +72,13 @@ class DataConfig:
         self.train_files = [str(path) for path in self.train_files or []]
         self.val_files = [str(path) for path in self.val_files or []]
         self.validate()
+
+    def train_documents(self, available: int) -> int:
+        """How many of `available` training documents are used: all, or the first
+        max_train_documents."""
+        if self.max_train_documents is None:
+            return available
+        return min(available, self.max_train_documents)
 
     def validate(self) -> None:
         """Raise DataError naming the first invalid field (files are checked later, by prepare)."""

@@ -1,5 +1,6 @@
 """The Hugging Face hub: a reachability probe, a cache-only load with hub access switched off,
-the online load, and the message of the offline fallback.
+the online load (streamed, only the first train documents, with data.max_train_documents), and
+the message of the offline fallback.
 
 The order is (1) our prepared token files (see prepare), (2) the local Hugging Face datasets
 cache, (3) the hub itself when HF_HUB_OFFLINE / HF_DATASETS_OFFLINE are unset and a 3 s probe
@@ -77,7 +78,12 @@ def _hub_access_off() -> Iterator[None]:
 
 
 def load_hub_dataset(config: DataConfig) -> tuple[Any | None, str]:
-    """(DatasetDict, how it was found) or (None, why the hub dataset is unavailable)."""
+    """(DatasetDict, how it was found) or (None, why the hub dataset is unavailable).
+
+    With data.max_train_documents set and no copy in the local cache, the hub step streams the
+    first max_train_documents of the train split and the whole validation split into memory, so
+    only the files (or parquet row groups) holding them are downloaded, never the whole dataset.
+    Raises DataError for a dataset or split that does not exist."""
     import datasets
 
     arguments = {"path": config.hub_path, "name": config.hub_name, "cache_dir": config.hf_cache_dir}
@@ -90,6 +96,9 @@ def load_hub_dataset(config: DataConfig) -> tuple[Any | None, str]:
     if reason := hub_unreachable_reason():
         return None, f"{reason}, and no copy is in the Hugging Face cache ({cache})"
     try:
+        if (count := config.max_train_documents) is not None:
+            found = f"the Hugging Face hub (streamed: the first {count:,} train documents)"
+            return _stream_slice(config, arguments), found
         return datasets.load_dataset(**arguments), "the Hugging Face hub"
     except datasets.exceptions.DatasetNotFoundError as error:  # a typo must not fall back
         raise DataError(f"data.hub_path={config.hub_path!r}: {error}") from error
@@ -97,20 +106,72 @@ def load_hub_dataset(config: DataConfig) -> tuple[Any | None, str]:
         return None, f"the hub could not be reached: {error}"
 
 
-def hub_documents(dataset: Any, config: DataConfig) -> dict[str, Documents]:
-    """The train and val documents of a loaded DatasetDict; DataError for a missing split or
-    field."""
-    documents = {}
+def _stream_slice(config: DataConfig, arguments: dict[str, Any]) -> Any:
+    """A DatasetDict in memory: the first max_train_documents of the train split and the whole
+    validation split (TinyStories': ~22k stories, ~19 MB), read with streaming=True."""
+    import datasets
+
+    streams = datasets.load_dataset(**arguments, streaming=True)  # resolves files, reads none
+    _check_splits(streams, config)
+    count = config.max_train_documents
+    log.info("streaming the first %s train documents of %s", f"{count:,}", config.hub_path)
+    train = _materialise(streams[config.train_split].take(count), config.train_split, config, count)
+    log.info("streaming the %r split of %s", config.val_split, config.hub_path)
+    val = _materialise(streams[config.val_split], config.val_split, config, None)
+    return datasets.DatasetDict({config.train_split: train, config.val_split: val})
+
+
+def _materialise(stream: Any, split: str, config: DataConfig, total: int | None) -> Any:
+    """The text column of a streamed split as an in-memory `datasets.Dataset` (so the rest of
+    preparation reads it like a cached one); DataError for a row without text."""
+    import datasets
+
+    where, texts = f"{config.hub_path}[{split!r}]", []
+    bar = datasets.tqdm(stream, total=total, unit="doc", desc=f"streaming {where}")
+    for row in bar:
+        if config.text_field not in row:
+            raise DataError(
+                f"{where} row {len(texts)}: no text field {config.text_field!r} "
+                f"(data.text_field); its fields are {list(row)}"
+            )
+        text = row[config.text_field]
+        if not (text is None or isinstance(text, str)):
+            raise DataError(
+                f"{where} row {len(texts)}: field {config.text_field!r} holds "
+                f"{type(text).__name__} {text!r:.40}, not text"
+            )
+        texts.append(text)
+    features = datasets.Features({config.text_field: datasets.Value("string")})
+    return datasets.Dataset.from_dict({config.text_field: texts}, features=features)
+
+
+def _check_splits(dataset: Any, config: DataConfig) -> None:
+    """DataError when the (streamed or loaded) dataset lacks the train or val split."""
     for split, name in (("train", config.train_split), ("val", config.val_split)):
         if name not in dataset:
             raise DataError(
                 f"{config.hub_path} has no split {name!r} (data.{split}_split); "
                 f"it has {list(dataset)}"
             )
+
+
+def hub_documents(dataset: Any, config: DataConfig) -> dict[str, Documents]:
+    """The train and val documents of a loaded DatasetDict, the train split cut to its first
+    data.max_train_documents; DataError for a missing split or field."""
+    _check_splits(dataset, config)
+    documents = {}
+    for split, name in (("train", config.train_split), ("val", config.val_split)):
         where = f"{config.hub_path}[{name!r}]"
-        documents[split] = ArrowDocuments(
-            check_text_column(dataset[name], config.text_field, where), config.text_field
-        )
+        table = check_text_column(dataset[name], config.text_field, where)
+        if split == "train" and (count := config.train_documents(len(table))) < len(table):
+            log.info(
+                "taking the first %s of the %s train documents of %s",
+                f"{count:,}",
+                f"{len(table):,}",
+                config.hub_path,
+            )
+            table = table.select(range(count))  # contiguous: a view, nothing copied
+        documents[split] = ArrowDocuments(table, config.text_field)
     return documents
 
 
@@ -121,7 +182,8 @@ def fallback_message(config: DataConfig, reason: str) -> str:
         [
             rule,
             f"DATA FALLBACK: {config.hub_path} is not available: {reason}.",
-            f"Using the SYNTHETIC story corpus instead ({config.synthetic_train_stories} train / "
+            "Using the SYNTHETIC story corpus instead "
+            f"({config.train_documents(config.synthetic_train_stories)} train / "
             f"{config.synthetic_val_stories} val stories, seed {config.synthetic_seed}).",
             "Results are NOT comparable with TinyStories runs; "
             "the run's config records this fallback.",

@@ -12,6 +12,9 @@ its .bin is replaced and the split is prepared again. A .bin whose size or check
 with valid metadata is a `DataError`, never silently re-made: something damaged the cache and
 the user should know.
 
+data.max_train_documents caps the training documents of every source (see DataConfig); it is
+part of the source's identity, so each cap has its own folder.
+
 Offline: for the hub source the order is (1) our prepared token files, (2) the local Hugging
 Face datasets cache (loaded with hub access switched off), (3) the hub itself when
 HF_HUB_OFFLINE / HF_DATASETS_OFFLINE are unset and a 3 s probe reaches it, (4) otherwise, with
@@ -54,6 +57,7 @@ from gpt_oss.data.sources import (
     SyntheticDocuments,
     check_file,
     file_identity,
+    first_documents,
     hold_out,
     load_file,
 )
@@ -206,7 +210,7 @@ class _Plan:
 def _synthetic_plan(config: DataConfig) -> _Plan:
     seed, sizes = (
         config.synthetic_seed,
-        (config.synthetic_train_stories, config.synthetic_val_stories),
+        (config.train_documents(config.synthetic_train_stories), config.synthetic_val_stories),
     )
     # A hash of sample stories: an edit to the generator changes the fingerprint, so stale
     # caches are re-made without anyone remembering to bump a version number.
@@ -248,8 +252,11 @@ def _files_plan(config: DataConfig, root: Path) -> _Plan:
         "text_field": config.text_field,
         "separator": config.separator,
         "val_fraction": None if val else config.val_fraction,
+        **_cap_identity(config),
     }
     names = ", ".join(path.name for path in train[:3]) + (", ..." if len(train) > 3 else "")
+    capped = _cap_description(config)
+    names += f" ({capped})" if capped else ""
     held = (
         ", ".join(path.name for path in val[:3])
         if val
@@ -263,13 +270,15 @@ def _files_plan(config: DataConfig, root: Path) -> _Plan:
         hf_cache = source.directory(root) / ".hf-cache"  # datasets' Arrow copies, while tokenizing
         try:
             train_docs = ConcatDocuments([load_file(path, config, hf_cache) for path in train])
-            if not val:
-                yield hold_out(train_docs, config.val_fraction, config.train_files)
-                return
-            yield {
-                "train": train_docs,
-                "val": ConcatDocuments([load_file(p, config, hf_cache) for p in val]),
-            }
+            if val:
+                split = {
+                    "train": train_docs,
+                    "val": ConcatDocuments([load_file(p, config, hf_cache) for p in val]),
+                }
+            else:  # held out before the cap: the same val documents whatever the cap
+                split = hold_out(train_docs, config.val_fraction, config.train_files)
+            count = config.train_documents(len(split["train"]))
+            yield split | {"train": first_documents(split["train"], count)}
         finally:
             shutil.rmtree(hf_cache, ignore_errors=True)  # a leftover cache only costs disk
 
@@ -288,14 +297,32 @@ def _hub_source(config: DataConfig) -> _Source:
         "train_split": config.train_split,
         "val_split": config.val_split,
         "text_field": config.text_field,
+        **_cap_identity(config),
     }
     subset = f" ({config.hub_name})" if config.hub_name else ""
+    capped = _cap_description(config)
     description = (
         f"{config.hub_path}{subset} (Hugging Face hub; "
         f"splits {config.train_split}/{config.val_split}, "
-        f"field {config.text_field!r})"
+        f"{capped + ', ' if capped else ''}field {config.text_field!r})"
     )
     return _Source("hub", config.name, description, identity)
+
+
+def _cap_identity(config: DataConfig) -> dict[str, int]:
+    """The train cap as part of a source's identity, so a cache prepared for one cap is never
+    taken for another or for all; absent when unset, so uncapped fingerprints stay as before."""
+    if config.max_train_documents is None:
+        return {}
+    return {"max_train_documents": config.max_train_documents}
+
+
+def _cap_description(config: DataConfig) -> str:
+    """The train cap in words for a description ("first 30,000 train documents"); "" when
+    uncapped."""
+    if config.max_train_documents is None:
+        return ""
+    return f"first {config.max_train_documents:,} train documents"
 
 
 def _opened(documents: dict[str, Documents]) -> OpenDocuments:

@@ -115,6 +115,11 @@ class SliceDocuments:
         return self.documents.texts(self.start + start, self.start + stop)
 
 
+def first_documents(documents: Documents, count: int) -> Documents:
+    """Documents [0, count) of `documents`; `documents` itself when count covers them all."""
+    return documents if count >= len(documents) else SliceDocuments(documents, 0, count)
+
+
 # ----------------------------------------------------------------------------------------------
 # Local files
 

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from gpt_oss.data.config import DataError
-from gpt_oss.files import temporary_path
+from gpt_oss.files import sha256_file, temporary_path
 from gpt_oss.model.tokenizer import ENDOFTEXT_ID, get_tokenizer
 
 FORMAT = "gpt-oss-lab/tokens/1"
@@ -31,15 +31,6 @@ TOKEN_DTYPE = np.dtype("<u4")  # little-endian uint32 on every host: ids reach 2
 
 def _should_verify(policy: str, num_bytes: int) -> bool:
     return policy == "always" or (policy == "auto" and num_bytes <= AUTO_CHECKSUM_MAX_BYTES)
-
-
-def sha256_file(path: Path, block_bytes: int = 16 * 1024**2) -> str:
-    """sha256 of a file, read in blocks so memory stays flat for multi-GB files."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(block_bytes):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def read_metadata(bin_path: Path) -> dict[str, Any] | None:

@@ -13,7 +13,6 @@ group (one process, no torchrun) save and load work too: rank 0 alone.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 import pickle
@@ -25,7 +24,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from gpt_oss.files import temporary_path
+from gpt_oss.files import sha256_file, temporary_path
 from gpt_oss.model.config import ModelConfig
 from gpt_oss.model.model import GptOss
 from gpt_oss.training.checkpoint import (
@@ -94,7 +93,7 @@ def save_sharded(
         )
     files = _merge(_gather(_rank_files(partial, _rank())))  # each rank hashes what it wrote
     if _rank() == 0:
-        files[METADATA] = _sha256(partial / METADATA)
+        files[METADATA] = sha256_file(partial / METADATA)
         payload = {
             "format": FORMAT,
             "model_config": model.config.to_dict(),
@@ -109,7 +108,7 @@ def save_sharded(
 
 def _rank_files(directory: Path, rank: int) -> dict[str, str]:
     """{name: sha256} of the shard files rank `rank` wrote (DCP names them __<rank>_<n>)."""
-    return {p.name: _sha256(p) for p in sorted(directory.glob(f"__{rank}_*"))}
+    return {p.name: sha256_file(p) for p in sorted(directory.glob(f"__{rank}_*"))}
 
 
 def _merge(parts: list[dict[str, str]]) -> dict[str, str]:
@@ -117,14 +116,6 @@ def _merge(parts: list[dict[str, str]]) -> dict[str, str]:
     for part in parts:
         merged |= part
     return merged
-
-
-def _sha256(path: Path, block_bytes: int = 16 * 1024**2) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(block_bytes):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _replace_directory(new: Path, target: Path) -> None:
@@ -170,7 +161,7 @@ def verify_files(directory: Path, state: dict[str, Any]) -> None:
 def _file_error(path: Path, sha256: str) -> str | None:
     if not path.is_file():
         return f"{path} is missing"
-    if _sha256(path) != sha256:
+    if sha256_file(path) != sha256:
         return (
             f"{path} is corrupt or was replaced: its sha256 differs from the one recorded when "
             "it was written"
