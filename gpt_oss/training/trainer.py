@@ -354,6 +354,8 @@ class Trainer:
             self.dtype,
             self._one_random_sequence,
             self.threads,
+            self.config.grad_accum,
+            self.optimizer,
         )
 
     def _one_random_sequence(self) -> None:
