@@ -163,11 +163,12 @@ def experts_and_routing(hidden: int, seed: int = 0):
     return experts, x, Routing(logits, chosen_experts, weights)
 
 
-# group multiple 32: the CPU's padded groups; 1: no padding (as on a GPU); 5: ragged padding
-@pytest.mark.parametrize("group_multiple", [32, 1, 5])
+# group multiple 32 and 256: the CPU's padded groups (256: each longer than all 80 rows);
+# 1: no padding (as on a GPU); 5: ragged padding
+@pytest.mark.parametrize("group_multiple", [256, 32, 1, 5])
 @pytest.mark.parametrize("hidden", [32, 30])  # 30: rows not 16-byte aligned for _grouped_mm
 def test_grouped_experts_match_loop_values_and_grads(hidden, group_multiple, monkeypatch):
-    monkeypatch.setattr(moe, "CPU_GROUP_MULTIPLE", group_multiple)
+    monkeypatch.setattr(moe, "_group_multiple", lambda x, rows, num_experts: group_multiple)
     experts, x, routing = experts_and_routing(hidden)
     tensors = (x, routing.weights, *experts.parameters())
     outputs = {}
@@ -180,6 +181,24 @@ def test_grouped_experts_match_loop_values_and_grads(hidden, group_multiple, mon
     for name, got, want in zip(names, grouped_grads, loop_grads, strict=True):
         assert_close(got, want, rtol=1e-4, atol=1e-5, name=name)
     assert loop_grads[names.index("gate_up_proj")][5].abs().max() == 0  # unchosen: no gradient
+
+
+@pytest.mark.parametrize(
+    ("rows", "num_experts", "multiple"),
+    [
+        (16 * 256 * 2, 4, 256),  # small and tiny at 16 x 256: mean group 2048
+        (4 * 256 * 2, 8, 32),  # mini at 4 x 256: mean group 256
+        (16 * 256 * 2, 8, 128),  # mini at 16 x 256
+        (3 * 100 * 2, 4, 32),  # small batches: never below 32 rows
+        (0, 4, 32),
+        (64 * 4096 * 2, 4, 1024),  # huge batches: never above 1024 rows
+        (4 * 300 * 2, 4, 128),  # mean group 600: 600 / 8 = 75 -> the next power of two
+    ],
+)
+def test_cpu_group_multiple_is_an_eighth_of_the_mean_group_as_a_power_of_two(
+    rows, num_experts, multiple
+):
+    assert moe.cpu_group_multiple(rows, num_experts) == multiple
 
 
 def test_grouped_experts_match_loop_in_float64():

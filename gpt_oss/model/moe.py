@@ -114,7 +114,7 @@ class Experts(nn.Module):
         dtype = compute_dtype(x)
         # index_select, not x[token]: its backward is an index_add, not a serial accumulate
         rows = x.index_select(0, token).to(dtype)  # (N*k, H), grouped by expert
-        layout = GroupLayout.of(flat[order], counts, _group_multiple(x))
+        layout = GroupLayout.of(flat[order], counts, _group_multiple(x, len(flat), len(counts)))
         rows = layout.pad(rows)  # (rows in the padded groups, H)
         gate_up = grouped_mm(rows, self.gate_up_proj.to(dtype), layout.offsets, layout.counts)
         gate_up = gate_up + self.gate_up_proj_bias.to(dtype).index_select(0, layout.expert)
@@ -128,12 +128,38 @@ class Experts(nn.Module):
 
 # On the CPU each group is its own oneDNN matmul, and oneDNN caches a primitive (with its
 # scratchpad) per shape: group sizes that change every step grew the cache by 0.5 GiB in five
-# mini steps (measured). Rounding each group up to a multiple of 32 rows keeps the shapes few.
-CPU_GROUP_MULTIPLE = 32
+# mini steps (measured). Each group is rounded up to a multiple of rows so the shapes are few;
+# the multiple is a power of two near 1/8 of the mean group (routed rows N*k / experts), so a
+# group has ~16 sizes in [0, twice the mean] and the padding adds ~1/16 of the rows.
+# Measured (2026-12-01, 2-core Intel Xeon with AMX bf16, torch 2.13, OMP_NUM_THREADS=1, load
+# 2-6 from other runs; `python -m gpt_oss.bench model=M trainer.batch_size=B trainer.seq_len=256
+# bench.precision=P data.vocabulary=compact data.vocab_size=8192 bench.steps=S
+# bench.warmup_steps=2`, the multiples interleaved, 2 rounds; mean tokens/s, peak RSS GiB):
+#   small 16x256 bf16 S=60   32: 4,900 2.70   64: 5,020 1.74   128: 4,980 1.29
+#                           256: 4,950 1.20  512: 4,980 1.16  1024: 4,840 1.02
+#   tiny  16x256 bf16 S=60   32: 13,320 0.95  128: 12,890 0.76  256: 12,800 0.71  512: 12,900 0.71
+#   mini   4x256 bf16 S=30   32: 910 2.11   64: 898 2.03   128: 885 1.96   256: 832 1.93
+#   small 16x256 fp32 S=60   32: 3,740 1.14  256: 3,650 1.13  (rounds disagreed: -5% and +0%)
+# Round-to-round noise is ~2%. Speed moves little until the padding nears the mean group (mini
+# at 256: -9%; tiny at 256: -4%); the bf16 peak falls with the multiple. The rule gives 256 for
+# small and tiny at 16x256 (small's peak -55%) and 32 for mini at 4x256.
+CPU_GROUP_MULTIPLE_MIN, CPU_GROUP_MULTIPLE_MAX = 32, 1024
+CPU_GROUP_SIZES_PER_MEAN = 8  # the multiple is ~ the mean group / this
 
 
-def _group_multiple(x: torch.Tensor) -> int:
-    return CPU_GROUP_MULTIPLE if x.device.type == "cpu" else 1
+def cpu_group_multiple(rows: int, num_experts: int) -> int:
+    """Rows each expert group is padded to a multiple of on the CPU, for `rows` routed rows
+    (tokens x experts_per_token) over `num_experts` experts: the power of two at or above the
+    mean group / CPU_GROUP_SIZES_PER_MEAN, clamped to [CPU_GROUP_MULTIPLE_MIN,
+    CPU_GROUP_MULTIPLE_MAX]. E.g. 16 x 256 tokens, top-2 of 4 experts: 256; 4 x 256 tokens,
+    top-2 of 8 experts: 32."""
+    target = rows // (max(num_experts, 1) * CPU_GROUP_SIZES_PER_MEAN)
+    power = 1 << max(target - 1, 0).bit_length()  # smallest power of two >= target
+    return min(max(power, CPU_GROUP_MULTIPLE_MIN), CPU_GROUP_MULTIPLE_MAX)
+
+
+def _group_multiple(x: torch.Tensor, rows: int, num_experts: int) -> int:
+    return cpu_group_multiple(rows, num_experts) if x.device.type == "cpu" else 1
 
 
 @dataclass

@@ -26,8 +26,9 @@ The growth: each expert group's row count changes every step, a low-precision ma
 shape is a new oneDNN primitive, and while its cache (1024 primitives) fills the process grows
 by about 1.25x the float32 size of the matmul's mean output per primitive: +1.65 GiB for small
 at 16 x 256, half of its peak, by step ~50 (1 thread; float32 runs, on MKL, level off at step
-3). The rule is fit to the runs below, not derived; moe.CPU_GROUP_MULTIPLE (coarser rounding of
-the group sizes, fewer shapes) is where the growth itself would be cut.
+3). The rule is fit to the runs below (group sizes rounded to 32 rows then), not derived;
+moe.cpu_group_multiple (since 2026-12-01 coarser for large batches: 256 rows for small at
+16 x 256, whose bf16 bench peak fell from 2.70 to 1.20 GiB) sets how many shapes there can be.
 
 Measured against estimated (2026-12-01, 2-core Intel Xeon with AMX bf16, torch 2.13, 1 thread
 unless said; `python -m gpt_oss.train model=M trainer=cpu logger=none data=text
@@ -326,12 +327,14 @@ def onednn_shape_bytes(config: ModelConfig, tokens: int, micro_steps: int) -> fl
     """Bytes a low-precision CPU run grows by from oneDNN matmuls of ever new shapes over
     micro_steps forward and backward passes of `tokens` tokens (a rule fit to measured runs,
     see the module docstring): each expert group's row count changes every step (rounded up
-    to moe.CPU_GROUP_MULTIPLE), every new count is a new cached primitive, and the process
+    to moe.cpu_group_multiple), every new count is a new cached primitive, and the process
     grows by GROWTH_PER_OUTPUT_BYTE x the float32 size of the mean expert-matmul output per
     cached primitive, until the cache (ONEDNN_PRIMITIVE_CACHE_CAPACITY, default 1024) is
     full."""
     rows = tokens * config.experts_per_token  # routed copies of the tokens, all experts
-    multiple = moe.CPU_GROUP_MULTIPLE if config.moe_impl == "grouped" else 1
+    multiple = 1
+    if config.moe_impl == "grouped":
+        multiple = moe.cpu_group_multiple(rows, config.num_experts)
     hidden, width = config.hidden_size, config.intermediate_size
     group = rows / config.num_experts  # the mean group
     # outputs of up (group x 2I), down (group x H), their input gradients (group x I and
