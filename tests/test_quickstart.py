@@ -70,6 +70,8 @@ def test_the_readme_cpu_command_trains_on_real_stories_with_the_budget_cut_to_se
     assert recorded.model.hidden_size == 192 and recorded.model.num_hidden_layers == 4
     assert recorded.data.vocabulary == "compact" and recorded.model.vocab_size == 8192
     assert recorded.trainer.precision == "bf16" and recorded.optimizer.lr == 2e-3
+    assert recorded.model.tie_embeddings and recorded.optimizer.weight_decay == 0.5
+    assert recorded.optimizer.decay_embeddings and recorded.data.max_train_documents == 50000
     assert recorded.data_prepared.train_documents == 3919  # 97% of the 4,040 real stories
     out = io.StringIO()
     cfg = compose_config("generate", f"checkpoint={tmp_path / 'run'}", "max_new_tokens=8",
