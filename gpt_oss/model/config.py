@@ -79,8 +79,9 @@ class ModelConfig:
     expert_bias_rate: float = ranged(0.001, "[0, inf)")  # step size of the "bias" balancing update
     # Dropout on the residual stream while training (GPT-NeoX's and Falcon's hidden_dropout): on
     # the embeddings and on each attention and MoE output before it is added. A regulariser for
-    # many passes over little text (the README's CPU run); inactive in eval mode, so the model
-    # computes what transformers' GptOss computes, and not written to config.json.
+    # many passes over little text (on the README's CPU run tying and weight decay did better:
+    # README, "Why these settings"); inactive in eval mode, so the model computes what
+    # transformers' GptOss computes, and not written to config.json.
     hidden_dropout: float = ranged(0.0, "[0, 1)")
     # Implementations: each fast path is tested equal to the plain one ("eager", "loop").
     attn_impl: str = "sdpa"
